@@ -1,0 +1,1 @@
+"""Flax NNX models: VisionEncoder, Projector, Decoder and the LLaVA composite VLM."""
