@@ -1,0 +1,58 @@
+"""Shared multiple-choice benchmark behaviour (VLMEvalKit ``ImageMCQDataset`` + LLaVA prompt).
+
+Paper-compatible mode = VLMEvalKit with ``--judge exact_matching`` and its LLaVA model wrapper:
+
+* prompt (``vlmeval/vlm/llava/llava.py::LLaVA.build_prompt``, used because LLaVA's
+  ``use_custom_prompt`` is true for every MCQ dataset)::
+
+      [hint\\n]question\\nA. <A>\\nB. <B>...\\nAnswer with the option's letter from the given choices directly.
+
+* parse: ``can_infer`` over the stripped prediction (option letter as a late token, else a
+  unique option text); anything else is VLMEvalKit's ``'Z'`` -- wrong
+  (``vlmeval/dataset/utils/multiple_choice.py::extract_answer_from_item`` with no judge).
+* score: ``hit = (letter == answer)``, accuracy = mean(hit) as a fraction
+  (``report_acc``), per ``category`` / ``l2-category`` / ``split`` where the file has them.
+
+Row format (VLMEvalKit TSV): ``index, image (base64), question, A, B, ..., answer,
+[hint], [category], [l2-category], [split]``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .answer_parsing import llava_mcq_prompt, vlmevalkit_mcq_extract
+from .base import Benchmark, Sample, accuracy, count_unparsed, group_accuracy, option_columns
+
+
+def sample_from_vlmevalkit_row(row: dict, meta_keys=("category", "l2-category", "split")) -> Sample:
+    """A VLMEvalKit MCQ TSV row -> Sample with the LLaVA prompt and the gold letter."""
+    options = option_columns(row)
+    hint = row.get("hint") or None
+    meta = {k: row[k] for k in meta_keys if row.get(k) is not None}
+    return Sample(
+        qid=str(row["index"]),
+        prompt=llava_mcq_prompt(str(row["question"]), options, hint),
+        gold=str(row["answer"]).strip() if row.get("answer") is not None else None,
+        image=row.get("image"),
+        image_kind="base64",
+        choices=options,
+        meta=meta,
+    )
+
+
+class MCQBenchmark(Benchmark):
+    """VLMEvalKit exact-matching multiple choice; subclasses add loaders and metric groups."""
+
+    max_new_tokens = 32
+    group_keys: tuple = ("category",)
+
+    def parse(self, sample: Sample, raw: str) -> Optional[str]:
+        return vlmevalkit_mcq_extract(raw, sample.choices or {})
+
+    def metrics(self, records: list[dict]) -> dict:
+        out = {"accuracy": accuracy(records), "n": len(records),
+               "n_unparsed": count_unparsed(records)}
+        for key in self.group_keys:
+            if any(key in r.get("meta", {}) for r in records):
+                out[f"by_{key}"] = group_accuracy(records, lambda r: r["meta"].get(key))
+        return out

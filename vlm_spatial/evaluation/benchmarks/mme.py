@@ -1,0 +1,147 @@
+"""MME: 14 yes/no subtasks (10 perception, 4 cognition), two questions per image.
+
+Files (any one of):
+* VLMEvalKit ``MME.tsv`` (``index, image, question, answer ('Yes'|'No'), category[, image_path]``).
+* LLaVA's ``llava_mme.jsonl`` (``question_id = "<category>/<file>"``, ``image, text,
+  category``) together with the official release ``MME_Benchmark_release_version/`` for the
+  gold answers: per category either ``<cat>/questions_answers_YN/<name>.txt`` (images in
+  ``<cat>/images/``) or ``<cat>/<name>.txt`` beside ``<cat>/<name>.<ext>``; each txt line is
+  ``question<TAB>answer``.
+
+Prompt (paper-compatible, VLMEvalKit ``ImageYORNDataset``; LLaVA adds nothing for Y/N): the
+MME question as released, ending in ``" Please answer yes or no."``. LLaVA's own eval replaced
+that by ``"\\nAnswer the question using a single word or phrase."``; questions read from
+``llava_mme.jsonl`` are mapped back unless ``prompt_style='llava'``.
+Parse: VLMEvalKit ``YOrN_Extraction`` ('Yes' iff the word yes occurs and no does not, and
+vice versa; otherwise Unknown -> wrong). ``correct = (extracted == answer)``.
+
+Metrics (VLMEvalKit ``yorn.py::MME_rating`` = MME's ``eval_tool/calculation.py``):
+* per subtask: ``acc = 100 * mean(correct)`` over questions, ``acc_plus = 100 * mean over images
+  of (both questions correct)``, ``score = acc + acc_plus`` (max 200).
+* ``perception`` = sum of the 10 perception scores (max 2000), ``cognition`` = sum of the 4
+  cognition scores (VLMEvalKit calls it 'reasoning'; max 800).
+* ``fraction`` (paper-compatible, Table 1 "MME") = (perception + cognition) / 2800.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .answer_parsing import VQA_SHORT_SUFFIX, yorn_extraction
+from .base import Benchmark, Sample, count_unparsed, read_jsonl, read_vlmevalkit_tsv, register
+
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
+              "landmark", "artwork", "OCR")
+COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
+             "code_reasoning")
+MME_SUFFIX = " Please answer yes or no."
+
+
+def mme_scores(records: list[dict]) -> dict:
+    """acc / acc+ / score per subtask, perception & cognition sums and the /2800 fraction."""
+    stats: dict = {}
+    for r in records:
+        stats.setdefault(r["meta"]["category"], {}).setdefault(r["meta"]["image_key"], []).append(
+            1.0 if r["correct"] else 0.0)
+    per = {}
+    for cat, images in stats.items():
+        flat = [v for vals in images.values() for v in vals]
+        acc = 100 * float(np.mean(flat))
+        acc_plus = 100 * float(np.mean([float(all(vals)) if len(vals) == 2 else 0.0
+                                        for vals in images.values()]))
+        per[cat] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
+    perception = sum(per[c]["score"] for c in PERCEPTION if c in per)
+    cognition = sum(per[c]["score"] for c in COGNITION if c in per)
+    return {"fraction": (perception + cognition) / 2800, "perception": perception,
+            "cognition": cognition, "total": perception + cognition, "subtasks": per,
+            "missing_subtasks": [c for c in PERCEPTION + COGNITION if c not in per]}
+
+
+@register
+class MME(Benchmark):
+    name = "mme"
+    title = "MME"
+    vlmevalkit_key = "MME"
+    primary = "fraction"
+    paper_columns = {"MME": "fraction"}
+    max_new_tokens = 16
+    subdirs = ("mme", "MME")
+    expected_files = ("MME.tsv (VLMEvalKit)",
+                      "llava_mme.jsonl + MME_Benchmark_release_version/ (LLaVA eval + MME release)")
+    published = ("https://opencompass.openxlab.space/utils/VLMEval/MME.tsv ; "
+                 "https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation")
+
+    def load(self, data_root) -> list[Sample]:
+        tsv = self.find(data_root, ["MME.tsv"], required=False)
+        if tsv is not None:
+            samples = []
+            for r in read_vlmevalkit_tsv(tsv):
+                key = r.get("image_path") or hashlib.sha1(str(r.get("image")).encode()).hexdigest()
+                samples.append(Sample(
+                    qid=str(r["index"]), prompt=str(r["question"]), gold=str(r["answer"]).strip(),
+                    image=r.get("image"), image_kind="base64",
+                    meta={"category": r["category"], "image_key": key}))
+            return samples
+        qfile = self.find(data_root, ["llava_mme.jsonl"])
+        release = self.find(data_root, ["MME_Benchmark_release_version", "MME_Benchmark"])
+        gold = self._release_answers(release)
+        samples = []
+        for r in read_jsonl(qfile):
+            text = r["text"]
+            if self.options.get("prompt_style") != "llava":
+                text = text.replace(VQA_SHORT_SUFFIX, MME_SUFFIX)
+            cat, file = r["question_id"].split("/", 1)
+            qtext = r["text"].replace(VQA_SHORT_SUFFIX, "").strip()
+            answer = gold.get((cat, Path(file).name, qtext))
+            samples.append(Sample(
+                qid=r["question_id"], prompt=text, gold=answer,
+                image=str(self._image_path(release, r["image"])), image_kind="path",
+                meta={"category": cat, "image_key": r["image"]}))
+        missing = [s.qid for s in samples if s.gold is None]
+        if missing:
+            raise ValueError(f"MME: no gold answer in {release} for {len(missing)} questions, "
+                             f"e.g. {missing[:3]}")
+        return dedupe(samples)
+
+    @staticmethod
+    def _image_path(release: Path, rel: str) -> Path:
+        cat, file = rel.split("/", 1)
+        for cand in (release / rel, release / cat / "images" / Path(file).name):
+            if cand.exists():
+                return cand
+        return release / rel
+
+    @staticmethod
+    def _release_answers(release: Path) -> dict:
+        """{(category, image file name, question without suffix): 'Yes'|'No'} from the txt files."""
+        out = {}
+        for txt in release.rglob("*.txt"):
+            rel = txt.relative_to(release).parts
+            cat = rel[0]
+            if txt.parent.name == "questions_answers_YN" or len(rel) == 2:
+                stem = txt.stem
+                images = [p for p in txt.parent.parent.glob(f"images/{stem}.*")] + \
+                         [p for p in txt.parent.glob(f"{stem}.*") if p.suffix != ".txt"]
+                name = images[0].name if images else stem
+                for line in txt.read_text(encoding="utf-8").splitlines():
+                    if "\t" not in line:
+                        continue
+                    q, a = line.rsplit("\t", 1)
+                    out[(cat, name, q.replace(MME_SUFFIX, "").strip())] = a.strip()
+        return out
+
+    def parse(self, sample: Sample, raw: str):
+        return yorn_extraction(raw)
+
+    def metrics(self, records: list[dict]) -> dict:
+        out = mme_scores(records)
+        out.update({"n": len(records), "n_unparsed": count_unparsed(records),
+                    "accuracy": float(np.mean([bool(r["correct"]) for r in records]))})
+        return out
+
+
+def dedupe(samples):
+    from .base import dedupe_qids
+    return dedupe_qids(samples)
