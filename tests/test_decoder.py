@@ -295,3 +295,15 @@ def test_remat_full_matches_none():
     np.testing.assert_allclose(l0, l1, atol=1e-6, rtol=0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g0, g1)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g0))
+
+
+def test_load_bf16_checkpoint(tmp_path):
+    """Qwen2 checkpoints are bfloat16 on disk: read through safetensors.numpy, upcast exactly."""
+    cfg = transformers.Qwen2Config(**TINY, tie_word_embeddings=True)
+    hf = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    ours, model = H.load_hf_causal_lm(str(tmp_path), param_dtype="float32")
+    got = H.params_to_hf(nnx.to_pure_dict(nnx.state(model)), ours)
+    for k, v in hf.state_dict().items():
+        if k in got:
+            np.testing.assert_array_equal(got[k], v.float().numpy(), err_msg=k)

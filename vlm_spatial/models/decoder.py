@@ -134,14 +134,14 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
         num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128, rms_norm_eps=1e-5,
         rope_theta=10000.0, max_position_embeddings=4096, tie_word_embeddings=False,
     ),
-    # Qwen/Qwen2-0.5B(-Instruct)
+    # Qwen/Qwen2-0.5B (the -Instruct config says max_position_embeddings=32768; metadata only)
     "qwen2-0.5b": DecoderConfig(
         family="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
         num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-6,
         rope_theta=1000000.0, qkv_bias=True, tie_word_embeddings=True,
-        max_position_embeddings=32768,
+        max_position_embeddings=131072,
     ),
-    # Qwen/Qwen2-7B(-Instruct)
+    # Qwen/Qwen2-7B-Instruct (the base config says max_position_embeddings=131072; metadata only)
     "qwen2-7b": DecoderConfig(
         family="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
         num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6,
