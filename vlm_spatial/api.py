@@ -9,11 +9,16 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
+from vlm_spatial import parallel
 from vlm_spatial.convert import hf_llava
 from vlm_spatial.convert.params import module_from_params
+from vlm_spatial.data.preprocess import ImageConfig, blank_image, preprocess_image
+from vlm_spatial.data.templates import ConversationEncoder
 from vlm_spatial.evaluation import generate as gen
 from vlm_spatial.models.vlm import VLM, VLMConfig, check_image_tokens
 
@@ -23,11 +28,56 @@ def _forward_logits(model: VLM, input_ids, pixel_values, attention_mask):
     return model(input_ids, pixel_values, attention_mask=attention_mask).logits
 
 
-class LoadedVLM:
-    """A `VLM` with its config and (when the checkpoint has one) its tokenizer."""
+def image_config_for(cfg: VLMConfig, resize_mode: str = "resize") -> ImageConfig:
+    """The preprocessing a model expects: its encoder family's normalisation and its input size
+    (`cfg.vision.image_size`), or NaFlex patches of its patch size and patch budget.
 
-    def __init__(self, model: VLM, config: VLMConfig, tokenizer=None, template: str = "vicuna_v1"):
+    `resize_mode` 'resize' is the paper's plain resize; 'pad' is LLaVA-1.5's pad-to-square.
+    """
+    v = cfg.vision
+    return ImageConfig(encoder=v.family, image_size=v.image_size, resize_mode=resize_mode, naflex=v.naflex,
+                       patch_size=v.patch_size, max_num_patches=v.max_num_patches)
+
+
+class LoadedVLM:
+    """A `VLM` with its config and (when the checkpoint has one) its tokenizer.
+
+    `tokenizer` is a fast Hugging Face tokenizer; prompts are built by
+    `data.templates.ConversationEncoder` with it and `template` (LLaVA-1.5's `vicuna_v1`),
+    images preprocessed with `image_config` (default: `image_config_for(config)`). If the params
+    are sharded on a multi-device mesh, generation shards its batches on that mesh too.
+    """
+
+    def __init__(self, model: VLM, config: VLMConfig, tokenizer=None, template: str = "vicuna_v1",
+                 image_config: ImageConfig | None = None):
         self.model, self.config, self.tokenizer, self.template = model, config, tokenizer, template
+        self.image_config = image_config or image_config_for(config)
+        self._encoder = None
+
+    @property
+    def encoder(self) -> ConversationEncoder:
+        """The prompt encoder (template + tokenizer, image slots of this model), built on first use."""
+        if self._encoder is None:
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer; put the tokenizer files in the checkpoint "
+                                 "(tokenizer/) to generate from text prompts")
+            self._encoder = ConversationEncoder(self.tokenizer, self.template, None, self.config.num_image_tokens,
+                                                self.config.image_token_id)
+            if self._encoder.eos_id is None:
+                raise ValueError(f"the tokenizer {self.tokenizer.name_or_path!r} has no eos token; generation needs one")
+        return self._encoder
+
+    def _token_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def mesh(self) -> Mesh | None:
+        """The multi-device mesh the params are sharded on, or None (one device)."""
+        leaf = jax.tree.leaves(nnx.state(self.model))[0]
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+        return None
 
     def logits(self, input_ids, pixel_values=None, attention_mask=None) -> np.ndarray:
         """float32 logits `[B,T,V]` for `input_ids [B,T]` and normalised NHWC `pixel_values [B,H,W,3]`.
@@ -41,6 +91,31 @@ class LoadedVLM:
             check_image_tokens(input_ids, self.config.image_token_id, np.asarray(self.config.num_image_tokens))
         return np.asarray(_forward_logits(self.model, input_ids, pixel_values, np.asarray(attention_mask, np.int32)))
 
+    def prompt_ids(self, prompt: str, has_image: bool) -> np.ndarray:
+        """The conversation-template prompt for one question, int32 `[L]`, image slots expanded."""
+        return self.encoder.encode_prompt(prompt, has_image=has_image)
+
+    def image_inputs(self, images: Sequence, rows: int) -> dict[str, np.ndarray] | None:
+        """The batch's image fields for `images` (PIL / HWC uint8 / path / bytes, None = no image),
+        padded with blank images to `rows`; None when no row has an image."""
+        if all(image is None for image in images):
+            return None
+        cfg = self.image_config
+        blank = blank_image(cfg)
+        items = [blank if image is None else preprocess_image(image, cfg) for image in images]
+        items += [blank] * (rows - len(items))
+        if cfg.naflex:
+            return {k: np.stack([it[k] for it in items]) for k in blank}
+        return {"pixel_values": np.stack(items)}
+
+    def _batch(self, images: Sequence, prompts: Sequence[str]):
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        mesh = self.mesh
+        rows = gen.batch_rows(len(prompts), 1 if mesh is None else parallel.batch_divisor(mesh))
+        sequences = [self.prompt_ids(p, image is not None) for image, p in zip(images, prompts)]
+        return sequences, rows, self.image_inputs(images, rows), mesh
+
     def generate(
         self,
         images: Sequence,
@@ -49,37 +124,46 @@ class LoadedVLM:
         *,
         stop_strings: Sequence[str] = (),
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
     ) -> list[str]:
-        """Answers (strings) to `prompts`, one image each (PIL image or HWC uint8 array; None for
-        text-only), greedy unless `temperature > 0`. Prompts are the user's question; the model's
-        conversation template and image marker are added here."""
-        from vlm_spatial.data import preprocess, templates
-
-        if self.tokenizer is None:
-            raise ValueError("this checkpoint has no tokenizer; load one with a tokenizer directory")
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        sequences = [
-            templates.prompt_ids(
-                self.tokenizer, prompt, has_image=image is not None, template=self.template,
-                num_image_tokens=self.config.num_image_tokens, image_token_id=self.config.image_token_id,
-            )
-            for image, prompt in zip(images, prompts)
-        ]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, mask = gen.left_pad(sequences, pad)
-        pixels = None
-        if any(image is not None for image in images):
-            pixels = np.stack([preprocess.image_for_encoder(image, self.config.vision) for image in images])
-        tokens = gen.generate_tokens(
-            self.model, ids, mask, pixels, max_new_tokens=max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id, temperature=temperature,
-        )
-        texts = [
-            self.tokenizer.decode(gen.truncate(row, self.tokenizer.eos_token_id), skip_special_tokens=True)
-            for row in tokens
-        ]
+        """Answers (strings) to `prompts`, one image each (PIL image, HWC uint8 array, path or
+        bytes; None for text-only), greedy unless `temperature > 0` (then nucleus sampling with
+        `top_p`, reproducible from `seed`). Prompts are the user's question; the model's
+        conversation template and image slots are added here. Decoding stops at EOS or at any of
+        `stop_strings`, and the text is cut before it.
+        """
+        sequences, rows, pixels, mesh = self._batch(images, prompts)
+        enc = self.encoder
+        ids, mask = gen.left_pad(sequences, enc.pad_id, rows=rows)
+        stops = tuple(tuple(self._token_ids(s)) for s in stop_strings if s)
+        decode = gen.DecodeConfig(max_new_tokens=max_new_tokens, eos_token_id=enc.eos_id, temperature=temperature,
+                                  top_p=top_p, stop_sequences=tuple(s for s in stops if s))
+        tokens = gen.generate_tokens(self.model, ids, mask, pixels, decode, seed=seed, mesh=mesh)
+        texts = [self.tokenizer.decode(gen.truncate(row, enc.eos_id), skip_special_tokens=True)
+                 for row in tokens[: len(prompts)]]
         return [gen.cut_at_stop(t, stop_strings).strip() for t in texts]
+
+    def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Log-likelihood of each answer `options[b][j]` (e.g. 'A', 'B') as the model's reply to
+        prompt b, `[B][num_options]`; the multiple-choice answer is the argmax. Each option is
+        tokenized as it follows the template's `ASSISTANT:` in training (`ASSISTANT: <option>`)."""
+        if len(options) != len(prompts):
+            raise ValueError(f"got {len(options)} option lists but {len(prompts)} prompts")
+        sequences, rows, pixels, _ = self._batch(images, prompts)
+        enc = self.encoder
+        head = self._token_ids("ASSISTANT:")
+        option_ids = []
+        for opts in options:
+            option_ids.append([])
+            for option in opts:
+                full = self._token_ids("ASSISTANT: " + option)
+                if full[: len(head)] != head or len(full) == len(head):
+                    raise ValueError(f"option {option!r} does not tokenize as a continuation of 'ASSISTANT:'")
+                option_ids[-1].append(full[len(head):])
+        if pixels is not None:
+            pixels = {k: v[: len(prompts)] for k, v in pixels.items()}
+        return gen.score_options(self.model, sequences, option_ids, pixels, pad_id=enc.pad_id)
 
 
 def _tokenizer(path: str):
