@@ -2,25 +2,24 @@
 
 Templates (``template=`` everywhere):
 
-* ``"plain"`` — stage 1 (caption pretraining, LLaVA ``conv_llava_plain``). A record must be one
-  human turn carrying the ``<image>`` marker and one gpt turn (the caption). The human text is
-  replaced by the marker alone, exactly as LLaVA's ``preprocess_plain`` does:
-  ``text = "<image>" + caption + "\\n"``; loss on ``caption + "\\n"``. A text-only record is
-  encoded as ``caption + "\\n"`` (all loss).
-* ``"vicuna_v1"`` — stage 2 (LLaVA ``conv_vicuna_v1``, separator style TWO)::
+* ``"plain"`` — stage 1 (caption pretraining, LLaVA ``conv_llava_plain`` / ``preprocess_plain``).
+  A record must be one human turn carrying the ``<image>`` marker and one gpt turn (the caption).
+  The human text is replaced by the marker alone: ``text = "<image>" + caption + "\\n"``; loss on
+  ``caption + "\\n"``. A text-only record is encoded as ``caption + "\\n"`` (all loss).
+* ``"vicuna_v1"`` — stage 2 (LLaVA ``conv_vicuna_v1``, ``--version v1``, separator style TWO)::
 
       {SYSTEM} USER: <image>\\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
 
   with ``SYSTEM`` = :data:`VICUNA_SYSTEM`; ``</s>`` is the tokenizer's eos token. The ``<image>``
-  marker is moved to the front of its turn (``"<image>\\n" + rest.strip()``) as LLaVA's
+  marker is moved to the front of its turn (``("<image>\\n" + rest.strip()).strip()``) as LLaVA's
   ``preprocess_multimodal`` does. Loss only on each answer and the eos token that ends it. As in
-  LLaVA, a leading gpt turn (conversation not starting with the human) is dropped.
+  LLaVA's ``preprocess_v1``, a leading gpt turn (conversation not starting with the human) is dropped.
 
-Both prepend the tokenizer's bos token when it has one (``add_bos``). The whole string is tokenized
-once (so the tokens equal what the tokenizer gives the full prompt); tokens are assigned to the loss
-by their character offsets; the single ``<image>`` token is then expanded to ``num_image_tokens``
-copies of ``image_token_id`` (the *model's* id, which may differ from the tokenizer's), labels
-``-100`` there.
+Tokenization follows LLaVA's ``tokenizer_image_token``: the rendered text is split at the
+``<image>`` marker and each piece is tokenized on its own (no special tokens added), the image
+slots (``num_image_tokens`` copies of the *model's* ``image_token_id``) go between the pieces and
+the tokenizer's bos token goes first (``add_bos``). Tokens are assigned to the loss by their
+character offsets; labels are ``-100`` on the prompt, the image slots and bos.
 
 Truncation to ``max_len`` cuts the tail only; if the image slots would not fit whole, or no target
 token survives, the record is rejected with a :class:`~vlm_spatial.data.bad_records.BadRecordError`
@@ -40,25 +39,27 @@ from vlm_spatial.data.bad_records import BadRecordError
 IMAGE_MARKER = "<image>"
 IGNORE_INDEX = -100
 TEMPLATES = ("plain", "vicuna_v1")
-VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+# LLaVA-1.5 `conv_vicuna_v1.system` (llava/conversation.py), the template of `--version v1`.
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 
 
 def load_tokenizer(tokenizer_dir: str):
-    """Loads a Hugging Face tokenizer from a local directory; adds ``<image>`` if it is missing.
+    """Loads a Hugging Face tokenizer from a local directory (no network).
 
-    Returns the ``transformers`` tokenizer with ``<image>`` as a special (never split) token.
+    Returns the ``transformers`` tokenizer, with ``<image>`` added as a special token if missing.
     """
     from transformers import AutoTokenizer  # local import: worker processes never need it
 
-    tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
+    tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
     if IMAGE_MARKER not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_MARKER]})
     return tok
 
 
 def record_id(record: Any, fallback: str) -> str:
+    """The record's ``id`` as a string, or ``fallback`` when it has none."""
     if isinstance(record, dict) and record.get("id") is not None:
         return str(record["id"])
     return fallback
@@ -107,6 +108,8 @@ def validate_turns(record: dict, rid: str) -> list[tuple[str, str]]:
 
 
 def check_markers(turns: list[tuple[str, str]], has_image: bool, rid: str) -> None:
+    """Raises BadRecordError unless the record has exactly one ``<image>`` marker (in a question)
+    when it has an image, and none when it has not."""
     counts = [text.count(IMAGE_MARKER) for _, text in turns]
     n = sum(counts)
     if n > 1:
@@ -119,13 +122,21 @@ def check_markers(turns: list[tuple[str, str]], has_image: bool, rid: str) -> No
         raise BadRecordError(rid, "malformed_record", "the <image> marker is in an answer")
 
 
+def _marker_first(msg: str) -> str:
+    """LLaVA's ``preprocess_multimodal``: the marker moves to the front, followed by a newline."""
+    if IMAGE_MARKER not in msg:
+        return msg
+    return (IMAGE_MARKER + "\n" + msg.replace(IMAGE_MARKER, "").strip()).strip()
+
+
 def render(turns: list[tuple[str, str]], template: str, eos_token: str,
-           has_image: bool) -> tuple[str, list[tuple[int, int]]]:
+           has_image: bool, rid: str = "?") -> tuple[str, list[tuple[int, int]]]:
     """The template's text and the character spans ``[(start, end))`` that carry the loss."""
     spans = []
     if template == "plain":
         if len(turns) != 2:
-            raise BadRecordError("?", "bad_turn_order", f"plain template needs 1 question + 1 caption, got {len(turns)} turns")
+            raise BadRecordError(rid, "bad_turn_order",
+                                 f"the plain template needs 1 question + 1 caption, got {len(turns)} turns")
         text = IMAGE_MARKER if has_image else ""
         start = len(text)
         text += turns[1][1] + "\n"
@@ -136,9 +147,7 @@ def render(turns: list[tuple[str, str]], template: str, eos_token: str,
     text = VICUNA_SYSTEM + " "
     for role, msg in turns:
         if role == "human":
-            if IMAGE_MARKER in msg:
-                msg = IMAGE_MARKER + "\n" + msg.replace(IMAGE_MARKER, "").strip()
-            text += "USER: " + msg + " "
+            text += "USER: " + _marker_first(msg) + " "
         else:
             text += "ASSISTANT: "
             start = len(text)
@@ -147,13 +156,30 @@ def render(turns: list[tuple[str, str]], template: str, eos_token: str,
     return text, spans
 
 
+def render_prompt(question: str, template: str, has_image: bool) -> str:
+    """Generation prompt text, ending where the answer starts.
+
+    vicuna_v1: ``SYSTEM USER: <image>\\n{question} ASSISTANT:`` (LLaVA's ``get_prompt`` with an empty
+    assistant message); plain: ``<image>`` (stage 1 captions ignore the question).
+    """
+    if template == "plain":
+        return IMAGE_MARKER if has_image else ""
+    if template != "vicuna_v1":
+        raise ValueError(f"unknown template {template!r}; one of {TEMPLATES}")
+    q = question.replace(IMAGE_MARKER, "").strip()
+    if has_image:
+        q = _marker_first(IMAGE_MARKER + q)
+    return VICUNA_SYSTEM + " USER: " + q + " ASSISTANT:"
+
+
 class ConversationEncoder:
     """Turns LLaVA records into ``input_ids``/``labels`` (int32 ``[L]``, ``L <= max_len``).
 
     Args:
-      tokenizer_dir: a local Hugging Face tokenizer directory (``<image>`` added if missing).
+      tokenizer: a local Hugging Face tokenizer directory (``<image>`` added if missing) or an
+        already loaded fast ``transformers`` tokenizer.
       template: ``"plain"`` or ``"vicuna_v1"``.
-      max_len: longest sequence kept (tail truncation; image slots never cut).
+      max_len: longest sequence kept (tail truncation; image slots never cut); None = no limit.
       num_image_tokens: image slots per image (e.g. 576 for CLIP-L/14-336 without CLS).
       image_token_id: id written into the image slots (the model config's ``image_token_id``).
       add_bos: prepend the tokenizer's bos token (if it has one), as LLaVA does.
@@ -162,102 +188,80 @@ class ConversationEncoder:
     import ``transformers``.
     """
 
-    def __init__(self, tokenizer_dir: str, template: str, max_len: int, num_image_tokens: int,
+    def __init__(self, tokenizer, template: str, max_len: int | None, num_image_tokens: int,
                  image_token_id: int, add_bos: bool = True):
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; one of {TEMPLATES}")
-        tok = load_tokenizer(tokenizer_dir)
+        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+        if not hasattr(tok, "backend_tokenizer"):
+            raise ValueError(f"{type(tok).__name__} is not a fast (tokenizers-backed) tokenizer")
         self.template = template
-        self.max_len = int(max_len)
+        self.max_len = None if max_len is None else int(max_len)
         self.num_image_tokens = int(num_image_tokens)
         self.image_token_id = int(image_token_id)
-        self.marker_id = int(tok.convert_tokens_to_ids(IMAGE_MARKER))
         self.bos_id = tok.bos_token_id if add_bos else None
         self.eos_token = tok.eos_token or ""
         self.eos_id = tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
-        self._tok_json = tok.backend_tokenizer.to_str()
-        self._backend = None
+        self._backend = tok.backend_tokenizer
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_backend"] = None
+        state["_backend"] = self._backend.to_str()
         return state
 
-    @property
-    def backend(self):
-        if self._backend is None:
-            import tokenizers
+    def __setstate__(self, state):
+        import tokenizers
 
-            self._backend = tokenizers.Tokenizer.from_str(self._tok_json)
-        return self._backend
+        self.__dict__.update(state)
+        self._backend = tokenizers.Tokenizer.from_str(state["_backend"])
 
-    def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.backend.encode(text, add_special_tokens=False)
-        ids = np.asarray(enc.ids, np.int64)
-        offs = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
-        target = np.zeros(len(ids), bool)
-        s, e = offs[:, 0], offs[:, 1]
-        for ts, te in spans:
-            target |= ((s < te) & (e > ts)) | ((s == e) & (s >= ts) & (s < te))
-        return ids, target
+    def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """``(ids int32 [L], is_target bool [L], index after the image slots or None)``."""
+        ids: list[int] = [] if self.bos_id is None else [int(self.bos_id)]
+        target: list[bool] = [False] * len(ids)
+        image_end = None
+        pos = 0
+        for k, piece in enumerate(text.split(IMAGE_MARKER)):
+            if k:
+                ids += [self.image_token_id] * self.num_image_tokens
+                target += [False] * self.num_image_tokens
+                image_end = len(ids)
+                pos += len(IMAGE_MARKER)
+            enc = self._backend.encode(piece, add_special_tokens=False)
+            for tid, (s, e) in zip(enc.ids, enc.offsets):
+                s, e = s + pos, e + pos
+                ids.append(tid)
+                target.append(any((s < te and e > ts) or (s == e and ts <= s < te) for ts, te in spans))
+            pos += len(piece)
+        return np.asarray(ids, np.int32), np.asarray(target, bool), image_end
 
     def encode(self, record: dict, has_image: bool, rid: str = "?") -> dict[str, np.ndarray]:
         """Returns ``{"input_ids": int32 [L], "labels": int32 [L]}``; raises BadRecordError."""
         turns = validate_turns(record, rid)
         check_markers(turns, has_image, rid)
-        try:
-            text, spans = render(turns, self.template, self.eos_token, has_image)
-        except BadRecordError as e:
-            raise BadRecordError(rid, e.reason, e.detail) from None
-        ids, target = self._tokenize(text, spans)
-        labels = np.where(target, ids, IGNORE_INDEX)
-        marker_pos = np.flatnonzero(ids == self.marker_id)
-        if len(marker_pos) != (1 if has_image else 0):
-            raise BadRecordError(rid, "multiple_image_markers",
-                                 f"<image> tokenized to {len(marker_pos)} tokens")
-        pieces_ids, pieces_lab = [], []
-        if self.bos_id is not None:
-            pieces_ids.append([self.bos_id])
-            pieces_lab.append([IGNORE_INDEX])
-        image_end = None
-        if has_image:
-            p = int(marker_pos[0])
-            pieces_ids += [ids[:p], np.full(self.num_image_tokens, self.image_token_id), ids[p + 1:]]
-            pieces_lab += [labels[:p], np.full(self.num_image_tokens, IGNORE_INDEX), labels[p + 1:]]
-            image_end = sum(len(x) for x in pieces_ids[:-1])
-        else:
-            pieces_ids.append(ids)
-            pieces_lab.append(labels)
-        input_ids = np.concatenate(pieces_ids).astype(np.int32)
-        out_labels = np.concatenate(pieces_lab).astype(np.int32)
-        if len(input_ids) > self.max_len:
+        text, spans = render(turns, self.template, self.eos_token, has_image, rid)
+        ids, target, image_end = self._tokenize(text, spans)
+        labels = np.where(target, ids, IGNORE_INDEX).astype(np.int32)
+        if self.max_len is not None and len(ids) > self.max_len:
             if image_end is not None and image_end > self.max_len:
-                raise BadRecordError(rid, "too_long", f"image slots end at {image_end} > max_len={self.max_len}")
-            input_ids, out_labels = input_ids[: self.max_len], out_labels[: self.max_len]
-        if not (out_labels != IGNORE_INDEX).any():
+                raise BadRecordError(rid, "too_long", f"{len(ids)} tokens; the image slots end at "
+                                                      f"{image_end} > max_len={self.max_len}")
+            ids, labels = ids[: self.max_len], labels[: self.max_len]
+        if not (labels != IGNORE_INDEX).any():
             raise BadRecordError(rid, "no_labels", f"no answer token within max_len={self.max_len}")
-        return {"input_ids": input_ids, "labels": out_labels}
+        return {"input_ids": ids, "labels": labels}
 
     def encode_prompt(self, question: str, has_image: bool = True) -> np.ndarray:
-        """Generation prompt for one question: int32 ``[L]`` ending where the answer starts.
+        """Generation prompt for one question (:func:`render_prompt`): int32 ``[L]``, image
+        marker expanded to ``num_image_tokens`` slots as in :meth:`encode`."""
+        return self._tokenize(render_prompt(question, self.template, has_image), [])[0]
 
-        vicuna_v1: ``bos SYSTEM USER: <image>\\n{question} ASSISTANT:``; plain: ``bos <image>``.
-        The image marker is expanded to ``num_image_tokens`` slots as in :meth:`encode`.
-        """
-        if self.template == "plain":
-            text = IMAGE_MARKER if has_image else ""
-        else:
-            q = question.replace(IMAGE_MARKER, "").strip()
-            if has_image:
-                q = IMAGE_MARKER + "\n" + q
-            text = VICUNA_SYSTEM + " USER: " + q + " ASSISTANT:"
-        ids = np.asarray(self.backend.encode(text, add_special_tokens=False).ids, np.int64)
-        out = [] if self.bos_id is None else [self.bos_id]
-        for t in ids:
-            if t == self.marker_id:
-                out.extend([self.image_token_id] * self.num_image_tokens)
-            else:
-                out.append(int(t))
-        return np.asarray(out, np.int32)
+
+def prompt_ids(tokenizer, prompt: str, *, has_image: bool, template: str, num_image_tokens: int,
+               image_token_id: int) -> np.ndarray:
+    """Generation prompt ids (int32 ``[L]``) for ``prompt`` with a loaded fast HF ``tokenizer``;
+    the same tokens the training template gives the question (see :func:`render_prompt`)."""
+    enc = ConversationEncoder(tokenizer, template, None, num_image_tokens, image_token_id)
+    return enc.encode_prompt(prompt, has_image)
