@@ -2,17 +2,22 @@
 
     python -m vlm_spatial.evaluate --checkpoint CKPT --benchmarks mmvp,cvbench,gqa \\
         --data_root DIR --out DIR [--variant LLaVA-AIMv2-2D-RoPE] [--batch_size 8] [--limit N]
+        [--max_new_tokens N] [--mcq generate|likelihood] [--dtype bfloat16] [--mesh data,fsdp,tensor]
     python -m vlm_spatial.evaluate score --benchmark gqa --predictions FILE --data_root DIR \\
         [--out DIR] [--variant NAME] [--allow_missing]
     python -m vlm_spatial.evaluate list
 
-``run`` (the default) writes ``<out>/<benchmark>/predictions.jsonl`` (resumed if present),
-``metrics.json`` and ``report.md`` (this run beside the paper's numbers for ``--variant``).
-``score`` needs no model: it reads the benchmark files for the gold answers and applies the
-same parser and metric to another tool's outputs (fields ``qid``/``question_id``/``index`` and
+``run`` (the default) writes ``<out>/<benchmark>/predictions.jsonl`` (resumed if present: rerun
+the same command after an interruption), ``<out>/<benchmark>/metrics.json``, ``<out>/metrics.json``
+and ``<out>/report.md`` (this run beside the paper's numbers for the variant; by default the
+variant is read from the checkpoint's config: encoder family and 2D-RoPE). ``--mesh`` shards the
+model and the batches over all devices, e.g. ``1,-1,1`` (FSDP over every device).
+
+``score`` needs no model: it reads the benchmark files for the gold answers and applies the same
+parser and metric to another tool's outputs (fields ``qid``/``question_id``/``index`` and
 ``raw_output``/``prediction``/``text``). Benchmark files are looked for under
 ``<data_root>/<benchmark>/`` and ``<data_root>/``; each module's docstring lists the accepted
-files (``vlm_spatial/evaluation/benchmarks/``).
+files (``vlm_spatial/evaluation/benchmarks/``). A missing file fails naming the expected files.
 """
 from __future__ import annotations
 
@@ -25,12 +30,40 @@ import sys
 def _options(args) -> dict:
     opts = {}
     for kv in args.option or []:
-        k, _, v = kv.partition("=")
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"--option {kv!r}: expected key=value")
         opts[k] = v
     return opts
 
 
+def _parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m vlm_spatial.evaluate{' score' if cmd == 'score' else ''}",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--data_root", required=True, help="directory holding the benchmark files")
+    p.add_argument("--variant", default=None, help="paper row to compare with, e.g. LLaVA-1.5")
+    p.add_argument("--option", action="append", help="benchmark option key=value, e.g. prompt_style=official")
+    if cmd == "score":
+        p.add_argument("--benchmark", required=True)
+        p.add_argument("--predictions", required=True, help="JSONL of {qid, raw_output} (or LLaVA/VLMEvalKit fields)")
+        p.add_argument("--out", default=None, help="also write scored predictions, metrics.json, report.md here")
+        p.add_argument("--allow_missing", action="store_true", help="score a file that answers only some questions")
+    else:
+        p.add_argument("--checkpoint", required=True, help="vlm_spatial checkpoint, training workdir or HF LLaVA dir")
+        p.add_argument("--benchmarks", required=True, help="comma separated, e.g. mmvp,cvbench")
+        p.add_argument("--out", required=True)
+        p.add_argument("--batch_size", type=int, default=8)
+        p.add_argument("--limit", type=int, default=None, help="first N questions per benchmark")
+        p.add_argument("--max_new_tokens", type=int, default=None, help="default: each benchmark's own")
+        p.add_argument("--mcq", choices=("generate", "likelihood"), default="generate",
+                       help="multiple choice by generation (the paper's harness) or by option log-likelihood")
+        p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
+        p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (one may be -1); default one device")
+    return p
+
+
 def main(argv=None) -> int:
+    """CLI entry point; returns the exit status (2 when a benchmark file is missing)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from vlm_spatial.evaluation import runner
@@ -40,38 +73,22 @@ def main(argv=None) -> int:
     if cmd == "list":
         print("\n".join(list_benchmarks()))
         return 0
-    p = argparse.ArgumentParser(prog=f"python -m vlm_spatial.evaluate {cmd}")
-    p.add_argument("--data_root", required=True)
-    p.add_argument("--out", default=None)
-    p.add_argument("--variant", default=None, help="paper row to compare with, e.g. LLaVA-1.5")
-    p.add_argument("--option", action="append", help="benchmark option key=value, e.g. prompt_style=official")
-    if cmd == "score":
-        p.add_argument("--benchmark", required=True)
-        p.add_argument("--predictions", required=True)
-        p.add_argument("--allow_missing", action="store_true")
-    else:
-        p.add_argument("--checkpoint", required=True)
-        p.add_argument("--benchmarks", required=True, help="comma separated, e.g. mmvp,cvbench")
-        p.add_argument("--batch_size", type=int, default=8)
-        p.add_argument("--limit", type=int, default=None, help="first N questions per benchmark")
-        p.add_argument("--max_new_tokens", type=int, default=None)
-    args = p.parse_args(argv)
+    args = _parser(cmd).parse_args(argv)
     try:
         if cmd == "score":
             metrics = runner.score_file(args.benchmark, args.predictions, args.data_root, args.out,
                                         args.variant, args.allow_missing, **_options(args))
         else:
-            if not args.out:
-                p.error("--out is required")
-            names = [b for b in args.benchmarks.split(",") if b]
-            runner.load_benchmarks(names, args.data_root, limit=1, **_options(args))  # files first
-            import vlm_spatial
+            mesh = None
+            if args.mesh:
+                from vlm_spatial import parallel
 
-            vlm = vlm_spatial.load(args.checkpoint)
-            metrics = runner.run(names, args.data_root, args.out, runner.vlm_predictor(vlm),
-                                 variant=args.variant, batch_size=args.batch_size,
-                                 limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                 **_options(args))
+                mesh = parallel.make_mesh(*(int(x) for x in args.mesh.split(",")))
+            metrics = runner.evaluate_checkpoint(
+                args.checkpoint, [b for b in args.benchmarks.split(",") if b], args.data_root, args.out,
+                variant=args.variant, batch_size=args.batch_size, limit=args.limit,
+                max_new_tokens=args.max_new_tokens, mesh=mesh, mcq=args.mcq, dtype=args.dtype,
+                **_options(args))
     except BenchmarkFileMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

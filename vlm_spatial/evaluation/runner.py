@@ -1,19 +1,22 @@
 """Run benchmarks against a predictor, resumably, and score predictions files.
 
-The model side is a callable ``predict(samples: list[Sample]) -> list[str]`` returning one raw
-text output per sample (it may also take ``max_new_tokens=``; the runner passes the
-benchmark's value when it does). ``vlm_predictor`` adapts a loaded ``vlm_spatial`` model
-(``vlm.generate(images, prompts, max_new_tokens)``).
+The model side is a callable ``predict(samples: list[Sample], max_new_tokens: int) -> list[str]``
+returning one raw text output per sample; ``vlm_predictor`` adapts a ``vlm_spatial.load``-ed
+model. ``evaluate_checkpoint`` is the whole job (what ``python -m vlm_spatial.evaluate`` and the
+``eval`` stage of ``vlm_spatial.main`` call): check every benchmark file, load the model
+(sharded on a mesh if given), run, report.
 
 Outputs under ``out_dir``:
-* ``<benchmark>/predictions.jsonl``: one row per question, written as each batch finishes:
-  ``{"qid", "prompt", "raw_output", "parsed", "gold", "correct"}``. An interrupted run resumes
-  from it: questions already in the file are not asked again.
-* ``<benchmark>/metrics.json``, and for the whole run ``metrics.json`` and ``report.md``
-  (this run beside the paper; see ``report.py``).
 
-``score_predictions`` re-scores an existing predictions file without a model: rows are keyed
-by ``qid`` (or ``question_id`` / ``index`` / ``id``) and the raw output is read from
+* ``<benchmark>/predictions.jsonl``: one row per question, appended as each batch finishes:
+  ``{"qid", "prompt", "raw_output", "parsed", "gold", "correct"}``. An interrupted run resumes
+  from it: questions already in the file are not asked again (a torn last line is dropped); a
+  file written with other prompts (another prompt style or benchmark version) is refused.
+* ``<benchmark>/metrics.json``; for the whole run ``metrics.json`` ({benchmark: metrics}) and
+  ``report.md`` (this run beside the paper's numbers for the variant; see ``report.py``).
+
+``score_predictions`` re-scores predictions without a model: rows are keyed by ``qid`` (or
+``question_id`` / ``questionId`` / ``index`` / ``id``) and the raw output is read from
 ``raw_output`` (or ``prediction`` / ``text`` / ``response`` / ``output``), so LLaVA answer files
 and other tools' outputs are scored by exactly the same parser and metric. Repeated ids (LLaVA's
 MME files use the image path for both questions of an image) are numbered in file order, as
@@ -21,11 +24,13 @@ the loaders number repeated question ids.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+
+from tqdm.auto import tqdm
 
 from vlm_spatial.evaluation.benchmarks.base import Benchmark, Sample, dedupe_qids, get_benchmark
 from vlm_spatial.evaluation.report import markdown_report
@@ -34,6 +39,17 @@ log = logging.getLogger(__name__)
 
 QID_FIELDS = ("qid", "question_id", "questionId", "index", "id")
 RAW_FIELDS = ("raw_output", "prediction", "text", "response", "output")
+PUBLIC_FIELDS = ("qid", "prompt", "raw_output", "parsed", "gold", "correct")
+
+# The paper's row for each (encoder family, 2D-RoPE) of a checkpoint (Tables 1, 2, 4, 5).
+PAPER_VARIANTS = {
+    ("clip", False): "LLaVA-1.5", ("clip", True): "LLaVA-2D-RoPE",
+    ("siglip", False): "LLaVA-SigLIP", ("siglip", True): "LLaVA-SigLIP-2D-RoPE",
+    ("siglip2", False): "LLaVA-SigLIP2", ("siglip2", True): "LLaVA-SigLIP2-2D-RoPE",
+    ("aimv2", False): "LLaVA-AIMv2", ("aimv2", True): "LLaVA-AIMv2-2D-RoPE",
+}
+
+Predictor = Callable[[list, int], list]
 
 
 def _first(row: dict, fields: Sequence[str]):
@@ -44,6 +60,7 @@ def _first(row: dict, fields: Sequence[str]):
 
 
 def read_jsonl(path) -> list[dict]:
+    """Rows of a JSONL file; an unreadable line (a write cut by a kill) is skipped with a warning."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -57,8 +74,8 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
-def key_predictions(rows: list[dict]) -> dict:
-    """{qid: raw output}; repeated ids get ``#1``, ``#2`` suffixes in file order."""
+def key_rows(rows: list[dict]) -> dict:
+    """{qid: row}; repeated ids get ``#1``, ``#2`` suffixes in file order (as `dedupe_qids`)."""
     out, seen = {}, {}
     for r in rows:
         qid = _first(r, QID_FIELDS)
@@ -67,20 +84,28 @@ def key_predictions(rows: list[dict]) -> dict:
         qid = str(qid)
         k = seen.get(qid, 0)
         seen[qid] = k + 1
-        out[qid if k == 0 else f"{qid}#{k}"] = _first(r, RAW_FIELDS)
+        out[qid if k == 0 else f"{qid}#{k}"] = r
     return out
 
 
+def key_predictions(rows: list[dict]) -> dict:
+    """{qid: raw output} of prediction rows (see `key_rows` for the ids)."""
+    return {qid: _first(r, RAW_FIELDS) for qid, r in key_rows(rows).items()}
+
+
 def make_record(bench: Benchmark, sample: Sample, raw) -> dict:
+    """The scored row of one answer: the public fields plus ``meta``/``choices`` for the metrics."""
     parsed, correct = bench.judge(sample, raw)
     return {"qid": sample.qid, "prompt": sample.prompt, "raw_output": raw, "parsed": parsed,
-            "gold": sample.gold, "correct": correct, "meta": sample.meta,
-            "choices": sample.choices, "raw": raw}
+            "gold": sample.gold, "correct": correct, "meta": sample.meta, "choices": sample.choices}
 
 
 def score_predictions(bench: Benchmark, samples: list[Sample], predictions: dict,
                       allow_missing: bool = False) -> tuple[list[dict], dict]:
-    """Score {qid: raw} against ``samples``; returns (records, metrics)."""
+    """Score ``predictions`` ({qid: raw output}) against ``samples``; returns (records, metrics).
+
+    Questions without a prediction raise unless ``allow_missing`` (then ``n_missing`` counts them).
+    """
     missing = [s.qid for s in samples if s.qid not in predictions]
     if missing and not allow_missing:
         raise ValueError(f"{bench.name}: {len(missing)} of {len(samples)} questions have no "
@@ -96,67 +121,82 @@ def score_predictions(bench: Benchmark, samples: list[Sample], predictions: dict
 
 
 def _public(record: dict) -> dict:
-    return {k: record[k] for k in ("qid", "prompt", "raw_output", "parsed", "gold", "correct")}
+    return {k: record[k] for k in PUBLIC_FIELDS}
 
 
-def _call_predict(predict: Callable, batch: list[Sample], max_new_tokens: int) -> list[str]:
-    try:
-        params = inspect.signature(predict).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "max_new_tokens" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        outs = predict(batch, max_new_tokens=max_new_tokens)
-    else:
-        outs = predict(batch)
-    outs = list(outs)
-    if len(outs) != len(batch):
-        raise ValueError(f"predict returned {len(outs)} outputs for {len(batch)} samples")
-    return outs
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
-def run_benchmark(bench: Benchmark, samples: list[Sample], predict: Callable, out_dir,
+def _resume(bench: Benchmark, samples: list[Sample], pred_path: Path) -> dict:
+    """{qid: row} of this run's questions already answered in ``pred_path``. The file is rewritten
+    with its readable rows in order (a line torn by a kill is dropped); rows whose prompt differs
+    from this run's (another prompt style or data version) are refused."""
+    if not pred_path.exists():
+        return {}
+    rows = read_jsonl(pred_path)
+    by_qid = {s.qid: s for s in samples}
+    done = {q: r for q, r in key_rows(rows).items() if q in by_qid}
+    stale = [q for q, r in done.items() if r.get("prompt") != by_qid[q].prompt]
+    if stale:
+        raise ValueError(f"{pred_path} was written with other prompts (e.g. question {stale[0]!r}); "
+                         "use another --out or delete the file to start this benchmark afresh")
+    with open(pred_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    log.info("%s: resuming, %d of %d already answered", bench.name, len(done), len(samples))
+    return done
+
+
+def run_benchmark(bench: Benchmark, samples: list[Sample], predict: Predictor, out_dir,
                   batch_size: int = 8, max_new_tokens: Optional[int] = None) -> dict:
-    """Generate (resuming), write predictions and metrics; returns the metrics."""
+    """Answer every question not yet in ``out_dir/<name>/predictions.jsonl`` (batches of
+    ``batch_size``, appended as they finish), then write and return the benchmark's metrics."""
     bdir = Path(out_dir) / bench.name
     bdir.mkdir(parents=True, exist_ok=True)
     pred_path = bdir / "predictions.jsonl"
-    done = key_predictions(read_jsonl(pred_path)) if pred_path.exists() else {}
+    done = {q: _first(r, RAW_FIELDS) for q, r in _resume(bench, samples, pred_path).items()}
     todo = [s for s in samples if s.qid not in done]
-    if done:
-        log.info("%s: resuming, %d of %d already answered", bench.name, len(samples) - len(todo),
-                 len(samples))
     mnt = max_new_tokens or bench.max_new_tokens
-    with open(pred_path, "a", encoding="utf-8") as f:
+    with open(pred_path, "a", encoding="utf-8") as f, \
+            tqdm(total=len(samples), initial=len(samples) - len(todo), desc=bench.name, unit="q") as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
-            for s, raw in zip(batch, _call_predict(predict, batch, mnt)):
-                rec = make_record(bench, s, raw)
+            outs = list(predict(batch, mnt))
+            if len(outs) != len(batch):
+                raise ValueError(f"predict returned {len(outs)} outputs for {len(batch)} samples")
+            for s, raw in zip(batch, outs):
                 done[s.qid] = raw
-                f.write(json.dumps(_public(rec), ensure_ascii=False) + "\n")
+                f.write(json.dumps(_public(make_record(bench, s, raw)), ensure_ascii=False) + "\n")
             f.flush()
+            bar.update(len(batch))
     _, metrics = score_predictions(bench, samples, done)
-    with open(bdir / "metrics.json", "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1, ensure_ascii=False)
+    _write_json(bdir / "metrics.json", metrics)
     return metrics
 
 
-def load_benchmarks(names: Sequence[str], data_root, limit: Optional[int] = None,
-                    **options) -> dict:
-    """{name: (benchmark, samples)}; every file is checked before any generation starts."""
+def load_benchmarks(names: Sequence[str], data_root, limit: Optional[int] = None, **options) -> dict:
+    """{name: (benchmark, samples)} with every file read, so a missing one fails before any model
+    is loaded (`BenchmarkFileMissing` names the expected files and where they are published)."""
     out = {}
     for name in names:
         bench = get_benchmark(name, **options)
         samples = dedupe_qids(bench.load(data_root))
-        if limit:
-            samples = samples[:limit]
-        out[bench.name] = (bench, samples)
+        out[bench.name] = (bench, samples[:limit] if limit else samples)
     return out
 
 
-def run(benchmarks: Sequence[str], data_root, out_dir, predict: Callable, variant=None,
-        batch_size: int = 8, limit: Optional[int] = None, max_new_tokens: Optional[int] = None,
-        **options) -> dict:
-    loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
+def write_outputs(results: dict, out_dir, variant: Optional[str] = None) -> None:
+    """``metrics.json`` and ``report.md`` of ``results`` ({name: {"benchmark", "metrics"}})."""
+    out_dir = Path(out_dir)
+    _write_json(out_dir / "metrics.json", {k: v["metrics"] for k, v in results.items()})
+    (out_dir / "report.md").write_text(markdown_report(results, variant), encoding="utf-8")
+
+
+def run(loaded: dict, out_dir, predict: Predictor, variant: Optional[str] = None, batch_size: int = 8,
+        max_new_tokens: Optional[int] = None) -> dict:
+    """Run every benchmark of ``loaded`` (from `load_benchmarks`) with ``predict``; writes the
+    per-benchmark files and the run's ``metrics.json``/``report.md``. Returns {name: metrics}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -167,15 +207,10 @@ def run(benchmarks: Sequence[str], data_root, out_dir, predict: Callable, varian
     return {k: v["metrics"] for k, v in results.items()}
 
 
-def write_outputs(results: dict, out_dir, variant=None) -> None:
-    out_dir = Path(out_dir)
-    with open(out_dir / "metrics.json", "w", encoding="utf-8") as f:
-        json.dump({k: v["metrics"] for k, v in results.items()}, f, indent=1, ensure_ascii=False)
-    (out_dir / "report.md").write_text(markdown_report(results, variant), encoding="utf-8")
-
-
-def score_file(benchmark: str, predictions_path, data_root, out_dir=None, variant=None,
+def score_file(benchmark: str, predictions_path, data_root, out_dir=None, variant: Optional[str] = None,
                allow_missing: bool = False, **options) -> dict:
+    """Metrics of an existing predictions file (ours or another tool's) for ``benchmark``; with
+    ``out_dir`` also writes ``<name>/scored_predictions.jsonl``, ``metrics.json``, ``report.md``."""
     bench = get_benchmark(benchmark, **options)
     samples = dedupe_qids(bench.load(data_root))
     records, metrics = score_predictions(bench, samples, key_predictions(read_jsonl(predictions_path)),
@@ -190,9 +225,80 @@ def score_file(benchmark: str, predictions_path, data_root, out_dir=None, varian
     return metrics
 
 
-def vlm_predictor(vlm) -> Callable:
-    """Adapt ``vlm_spatial.load(checkpoint)`` (``.generate(images, prompts, max_new_tokens)``)."""
-    def predict(samples: list[Sample], max_new_tokens: int = 64) -> list[str]:
+def paper_variant(cfg) -> str:
+    """The paper's row for a model config: its encoder family and whether it has 2D-RoPE."""
+    return PAPER_VARIANTS[(cfg.vision.family, bool(cfg.vision.rope2d))]
+
+
+def vlm_predictor(vlm, mcq: str = "generate") -> Predictor:
+    """Adapt a ``vlm_spatial.load``-ed model (``LoadedVLM``) to ``predict(samples, max_new_tokens)``.
+
+    ``mcq='generate'`` answers every question by greedy generation (the paper's harness);
+    ``'likelihood'`` answers multiple-choice questions (samples with ``choices``) by the option
+    letter whose log-likelihood as the reply is highest, and generates the rest.
+    """
+    if mcq not in ("generate", "likelihood"):
+        raise ValueError(f"mcq={mcq!r}; one of 'generate', 'likelihood'")
+
+    def predict(samples: list[Sample], max_new_tokens: int) -> list[str]:
         images = [s.load_image() for s in samples]
-        return list(vlm.generate(images, [s.prompt for s in samples], max_new_tokens))
+        prompts = [s.prompt for s in samples]
+        scored = [i for i, s in enumerate(samples) if mcq == "likelihood" and s.choices]
+        rest = [i for i in range(len(samples)) if i not in set(scored)]
+        out: list = [None] * len(samples)
+        if rest:
+            for i, text in zip(rest, vlm.generate([images[i] for i in rest], [prompts[i] for i in rest],
+                                                  max_new_tokens)):
+                out[i] = text
+        if scored:
+            letters = [list(samples[i].choices) for i in scored]
+            scores = vlm.score_options([images[i] for i in scored], [prompts[i] for i in scored], letters)
+            for i, opts, sc in zip(scored, letters, scores):
+                out[i] = opts[max(range(len(opts)), key=sc.__getitem__)]
+        return out
+
     return predict
+
+
+def _read_model_config(checkpoint: str):
+    if os.path.isfile(os.path.join(checkpoint, "config.json")):
+        from vlm_spatial.convert import hf_io, hf_llava
+
+        return hf_llava.config_from_hf(hf_io.read_config(checkpoint))
+    from vlm_spatial import checkpoint as ckpt
+
+    return ckpt.read_config(checkpoint)
+
+
+def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, out_dir, *,
+                        variant: Optional[str] = None, batch_size: int = 8, limit: Optional[int] = None,
+                        max_new_tokens: Optional[int] = None, mesh=None, mcq: str = "generate",
+                        dtype: Optional[str] = None, **options) -> dict:
+    """Evaluate a model on benchmarks; returns {benchmark: metrics} and writes ``out_dir``.
+
+    ``checkpoint``: a vlm_spatial checkpoint, training workdir or Hugging Face LLaVA directory.
+    ``benchmarks``: registry names (``python -m vlm_spatial.evaluate list``); their files are
+    read from ``data_root`` first, so a missing one fails before the model loads.
+    ``variant``: the paper row to compare with (default: from the checkpoint's encoder family
+    and 2D-RoPE, see `PAPER_VARIANTS`). ``mesh``: shard params and batches on it (e.g. the
+    training mesh); None = one device. ``limit``: the first N questions of each benchmark.
+    ``max_new_tokens``: overrides each benchmark's own. ``mcq``: see `vlm_predictor`.
+    ``dtype``: compute dtype override (e.g. 'bfloat16'). ``options``: benchmark options.
+    """
+    import vlm_spatial
+    from flax import nnx
+
+    from vlm_spatial import parallel
+    from vlm_spatial.models.vlm import VLM
+
+    loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
+    cfg = _read_model_config(checkpoint)
+    shardings = None
+    if mesh is not None:
+        abstract = nnx.state(nnx.eval_shape(lambda: VLM(cfg, rngs=nnx.Rngs(0))))
+        shardings = parallel.param_shardings(abstract, mesh)
+    vlm = vlm_spatial.load(checkpoint, dtype=dtype, shardings=shardings)
+    variant = variant or paper_variant(cfg)
+    log.info("evaluating %s as paper variant %s on %s", checkpoint, variant, ", ".join(loaded))
+    return run(loaded, out_dir, vlm_predictor(vlm, mcq), variant=variant, batch_size=batch_size,
+               max_new_tokens=max_new_tokens)
