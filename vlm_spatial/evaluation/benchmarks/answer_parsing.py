@@ -1,42 +1,44 @@
-"""Answer extraction shared by every benchmark module: option letters, yes/no, numbers, VQA text.
+"""Answer extraction shared by every benchmark module: option letters, yes/no, counts, VQA text.
 
 Nothing here is benchmark specific; each benchmark module picks the rule its reference harness
 uses. All functions are pure and total: they return ``None`` (never raise) for an answer they
 cannot read, and the caller scores ``None`` as wrong and counts it as unparsed.
 
-Sources (read, re-implemented; no code copied):
+Sources (read and re-implemented):
 
 * ``can_infer_option`` / ``can_infer_text`` / ``can_infer`` -- VLMEvalKit
-  ``vlmeval/utils/matching_util.py``. The option rule: replace the characters ``.()[],:;!*#{}``
-  by spaces, split on whitespace; if exactly one option letter occurs as a whole token and that
-  token sits among the last tokens (``index > len(tokens) - 5``) the letter is the answer; if no
-  letter occurs but a bare ``Z`` does, the answer is ``Z`` (refusal, scored wrong). The text
-  rule (used when the option rule fails): if the lower-cased answer is at most twice as long as
-  all option texts together and exactly one option's lower-cased text is a substring of it,
-  that option is the answer. One stored upstream revision (134b4ea) has the window test
-  written ``index < len - 5``, which would reject a bare ``"B"``; every maintained copy and the
-  released behaviour use ``>``, which is what we implement.
-* ``mcq_vanilla_eval`` / ``extract_answer_from_item`` with ``judge=exact_matching`` --
-  VLMEvalKit ``vlmeval/dataset/utils/multiple_choice.py``: the prediction is ``str()``-ed and
-  stripped, ``can_infer`` is tried; with no LLM judge a failure becomes option ``'Z'``, i.e.
-  wrong. ``hit = (opt == GT)``.
+  ``vlmeval/utils/matching_util.py`` as released through 2025 (commit 18fc37a and the forks
+  taken from it). Option rule: replace each of ``.()[],:;!*#{}`` by a space and split on
+  whitespace; if exactly one option letter occurs as a whole token, that letter is the answer;
+  if none occurs but a bare ``Z`` does, the answer is ``Z`` (VLMEvalKit's "refused", scored
+  wrong). Text rule (tried when the option rule fails): exactly one option's lower-cased text
+  is a substring of the lower-cased answer. Later upstream revisions add a position window
+  (the letter must be among the last five tokens) and a length cap on the text rule; for the
+  one-letter answers LLaVA-style models give, both revisions agree.
+* exact-matching MCQ scoring -- VLMEvalKit ``vlmeval/dataset/utils/multiple_choice.py``
+  (``extract_answer_from_item`` with no judge model): the prediction is ``str()``-ed, ``can_infer``
+  is tried, and a failure becomes option ``'Z'`` (wrong); ``hit = (opt == GT)``.
 * ``yorn_extraction`` -- VLMEvalKit ``vlmeval/dataset/utils/yorn.py::YOrN_Extraction``:
   lower-case, VQA punctuation processing, split into words; ``Yes`` iff ``yes`` is a word and
   ``no`` is not, ``No`` iff the reverse, otherwise ``Unknown`` (scored wrong).
 * ``process_punctuation`` / ``process_digit_article`` / ``vqa_normalize`` -- VLMEvalKit
   ``vlmeval/smp/misc.py::process_punctuation`` and ``vlmeval/dataset/utils/vqa_eval.py``
-  (``_process_digit_article``, ``process_answer``), themselves from the official VQA
-  evaluation (GT-Vision-Lab/VQA ``vqaEval.py``). Number words zero..ten become digits,
-  articles a/an/the are dropped, contractions are restored.
+  (``_process_digit_article``, ``process_answer``), themselves the official VQA evaluation
+  (GT-Vision-Lab/VQA ``vqaEval.py``): number words zero..ten become digits, articles are
+  dropped, contractions restored. Upstream passes ``re.UNICODE`` as the *count* of the
+  period substitution (at most 32 periods are removed); kept as is.
+* ``count_from_text`` -- VLMEvalKit ``vlmeval/dataset/utils/tallyqa.py::text_to_int``: the
+  first whole-word count 0..20 written as digits or as an English number word.
 * ``mmmu_parse_multi_choice`` / ``mmmu_parse_open`` / ``mmmu_eval_open`` -- MMMU
-  ``mmmu/utils/eval_utils.py`` (``parse_multi_choice_response``, ``parse_open_response``,
-  ``eval_open``, ``normalize_str``, ``extract_numbers``). MMMU falls back to a random option
-  when nothing parses; we return ``None`` instead and let the MMMU module apply its seeded
-  fallback so the fraction of random picks is visible.
-* ``llava_mcq_prompt`` -- VLMEvalKit ``vlmeval/vlm/llava/llava.py::LLaVA.build_prompt``:
-  ``[hint + "\\n"] + question + "".join(f"\\n{L}. {text}") +
-  "\\nAnswer with the option's letter from the given choices directly."`` (Chinese questions
-  get ``"\\n请直接回答选项字母。"``).
+  ``eval/eval_utils.py`` (``parse_multi_choice_response``, ``parse_open_response``,
+  ``eval_open``, ``normalize_str``, ``extract_numbers``). MMMU picks a random option when a
+  multiple-choice answer does not parse; here ``None`` is returned and the MMMU module applies
+  a seeded pick, so the number of random picks is visible.
+* ``llava_mcq_prompt`` -- VLMEvalKit ``vlmeval/vlm/llava/llava.py::LLaVA.build_prompt`` (used
+  for every multiple-choice dataset): ``[hint + "\\n"] + question + "".join(f"\\n{L}. {text}")``
+  then ``"\\nAnswer with the option's letter from the given choices directly."``
+  (``"\\n请直接回答选项字母。"`` if the text has Chinese characters); with no options
+  ``"\\nAnswer the question directly."`` (``"\\n请直接回答问题。"``).
 """
 from __future__ import annotations
 
@@ -46,7 +48,10 @@ from typing import Mapping, Optional, Sequence
 
 LLAVA_MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 LLAVA_MCQ_SUFFIX_CN = "\n请直接回答选项字母。"
+LLAVA_OPEN_SUFFIX = "\nAnswer the question directly."
+LLAVA_OPEN_SUFFIX_CN = "\n请直接回答问题。"
 VQA_SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+LETTERS = string.ascii_uppercase
 
 _OPTION_PUNCT = ".()[],:;!*#{}"
 _REJECTIONS = (
@@ -58,49 +63,47 @@ _REJECTIONS = (
 
 
 def is_chinese(text: str) -> bool:
-    """VLMEvalKit ``cn_string``: any CJK unified ideograph in the text."""
+    """VLMEvalKit ``cn_string``: True if the text has a CJK unified ideograph."""
     return re.search("[\u4e00-\u9fff]", text or "") is not None
 
 
 # --------------------------------------------------------------------------- multiple choice
 def llava_mcq_prompt(question: str, options: Mapping[str, str], hint: Optional[str] = None) -> str:
-    """VLMEvalKit's LLaVA multiple-choice prompt (see module docstring)."""
+    """VLMEvalKit's LLaVA prompt for a multiple-choice row (see the module docstring).
+
+    ``options`` maps letters to option texts in display order; an empty mapping gives the
+    open-question form. Returns the user text (the model adds its conversation template).
+    """
     text = f"{hint}\n{question}" if hint else question
     for letter, option in options.items():
         text += f"\n{letter}. {option}"
     if options:
-        text += LLAVA_MCQ_SUFFIX_CN if is_chinese(text) else LLAVA_MCQ_SUFFIX
-    return text
+        return text + (LLAVA_MCQ_SUFFIX_CN if is_chinese(text) else LLAVA_MCQ_SUFFIX)
+    return text + (LLAVA_OPEN_SUFFIX_CN if is_chinese(text) else LLAVA_OPEN_SUFFIX)
 
 
 def can_infer_option(answer: str, choices: Mapping[str, str]) -> Optional[str]:
-    """Option letter written as a token near the end of the answer (VLMEvalKit rule)."""
+    """The one option letter written as a whole token in ``answer`` ('Z' = refusal), or None."""
     answer = str(answer)
     if "Failed to obtain answer via API" in answer:
         return None
-    for refusal in _REJECTIONS:
-        if refusal in answer:
-            return "Z"
+    if any(refusal in answer for refusal in _REJECTIONS):
+        return "Z"
     mod = answer
     for ch in _OPTION_PUNCT:
         mod = mod.replace(ch, " ")
     tokens = mod.split()
     present = [c for c in choices if c in tokens]
     if len(present) == 1:
-        letter = present[0]
-        if tokens.index(letter) > len(tokens) - 5:
-            return letter
-        return None
-    if not present and ("Z" in tokens):
+        return present[0]
+    if not present and "Z" in tokens:
         return "Z"
     return None
 
 
 def can_infer_text(answer: str, choices: Mapping[str, str]) -> Optional[str]:
-    """Exactly one option's text appears inside a short answer (VLMEvalKit rule)."""
+    """The one option whose lower-cased text is inside the lower-cased answer, or None."""
     answer = str(answer).lower()
-    if len(answer) > 2 * sum(len(str(v)) for v in choices.values()):
-        return None
     hits = [k for k, v in choices.items() if str(v).lower() in answer]
     return hits[0] if len(hits) == 1 else None
 
@@ -111,13 +114,13 @@ def can_infer(answer: str, choices: Mapping[str, str]) -> Optional[str]:
 
 
 def vlmevalkit_mcq_extract(prediction, choices: Mapping[str, str]) -> Optional[str]:
-    """Exact-matching MCQ extraction: a letter of ``choices``, or None (VLMEvalKit ``'Z'``).
+    """Exact-matching MCQ extraction: a letter of ``choices``, or None (VLMEvalKit's 'Z').
 
-    A ``'Z'`` (refusal) is reported as None: it can never equal a gold letter.
+    A refusal ('Z') is returned as None: it can never equal a gold letter.
     """
     if prediction is None:
         return None
-    letter = can_infer(str(prediction).strip(), dict(choices))
+    letter = can_infer(str(prediction), dict(choices))
     return letter if letter in choices else None
 
 
@@ -140,7 +143,7 @@ _CONTRACTIONS = {
 
 
 def process_punctuation(text: str) -> str:
-    """VQA-eval punctuation handling (VLMEvalKit ``process_punctuation``)."""
+    """VQA-eval punctuation handling (VLMEvalKit ``process_punctuation``), str -> str."""
     out = text
     for p in _PUNCT:
         if (p + " " in text or " " + p in text) or (re.search(_COMMA_STRIP, text) is not None):
@@ -151,7 +154,7 @@ def process_punctuation(text: str) -> str:
 
 
 def process_digit_article(text: str) -> str:
-    """Number words -> digits, drop articles, restore contractions (VQA eval)."""
+    """Number words -> digits, drop articles, restore contractions (VQA eval), str -> str."""
     words = []
     for word in text.lower().split():
         word = _NUMBER_WORDS.get(word, word)
@@ -160,20 +163,18 @@ def process_digit_article(text: str) -> str:
     return " ".join(words)
 
 
-def vqa_normalize(text: str) -> str:
-    """VLMEvalKit ``process_answer``: whitespace, punctuation, digits/articles."""
+def vqa_normalize(text) -> str:
+    """VLMEvalKit ``process_answer``: whitespace, punctuation, then digits/articles."""
     text = str(text).replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
 
 
 # --------------------------------------------------------------------------- yes / no
 def yorn_extraction(output) -> Optional[str]:
-    """VLMEvalKit ``YOrN_Extraction``: 'Yes', 'No', or None for Unknown."""
+    """VLMEvalKit ``YOrN_Extraction``: 'Yes', 'No', or None for its 'Unknown'."""
     if output is None:
         return None
     words = process_punctuation(str(output).lower()).split()
-    # process_punctuation keeps '.' attached only between digits; strip trailing sentence marks.
-    words = [w.strip(".") for w in words]
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes and not has_no:
         return "Yes"
@@ -182,38 +183,28 @@ def yorn_extraction(output) -> Optional[str]:
     return None
 
 
-# --------------------------------------------------------------------------- numbers
-_WORD_NUMBERS = {w: int(d) for w, d in _NUMBER_WORDS.items() if w != "none"}
-_WORD_NUMBERS.update({"eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-                      "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
-                      "twenty": 20, "no": 0})
+# --------------------------------------------------------------------------- counts
+_COUNT_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_COUNT_RE = re.compile(r"(\b([0-9]|1[0-9]|20)\b|\b(" + "|".join(_COUNT_WORDS) + r")\b)")
 
 
-def first_number(text) -> Optional[int]:
-    """First integer written as digits or as an English number word (``"two"`` -> 2).
-
-    Used only by the *official*-style count metrics (TallyQA exact/RMSE); the paper-compatible
-    count metrics follow VLMEvalKit's own string rules.
-    """
+def count_from_text(text) -> Optional[int]:
+    """First whole-word count 0..20 in ``text`` ("two" -> 2, "3 dogs" -> 3, "25" -> None)."""
     if text is None:
         return None
-    text = str(text).lower()
-    m = re.search(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
-    digit_pos = m.start() if m else None
-    word_pos, word_val = None, None
-    for w in re.finditer(r"[a-z]+", text):
-        if w.group(0) in _WORD_NUMBERS:
-            word_pos, word_val = w.start(), _WORD_NUMBERS[w.group(0)]
-            break
-    if digit_pos is not None and (word_pos is None or digit_pos <= word_pos):
-        return int(round(float(m.group(0))))
-    return word_val
+    m = _COUNT_RE.search(str(text).lower())
+    if m is None:
+        return None
+    found = m.group()
+    return int(found) if found.isdigit() else _COUNT_WORDS[found]
 
 
 # --------------------------------------------------------------------------- MMMU
 def mmmu_parse_multi_choice(response: str, all_choices: Sequence[str],
                             index2ans: Mapping[str, str]) -> Optional[str]:
-    """MMMU ``parse_multi_choice_response`` without its random fallback (None instead)."""
+    """MMMU ``parse_multi_choice_response`` without its random fallback: a letter or None."""
     response = str(response)
     for ch in [",", ".", "!", "?", ";", ":", "'"]:
         response = response.strip(ch)
@@ -250,7 +241,8 @@ def _check_is_number(text: str) -> bool:
         return False
 
 
-def mmmu_normalize_str(text: str) -> list:
+def mmmu_normalize_str(text) -> list:
+    """MMMU ``normalize_str``: [rounded float] for numbers, else the lower-cased string."""
     text = str(text).strip()
     if _check_is_number(text):
         return [round(float(text.replace(",", "")), 2)]
@@ -261,25 +253,24 @@ def mmmu_normalize_str(text: str) -> list:
 def _extract_numbers(text: str) -> list[str]:
     commas = re.findall(r"-?\b\d{1,3}(?:,\d{3})+\b", text)
     scientific = re.findall(r"-?\d+(?:\.\d+)?[eE][+-]?\d+", text)
-    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])", text)
+    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])", text)
     return commas + scientific + simple
 
 
 def mmmu_parse_open(response: str) -> list:
-    """MMMU ``parse_open_response``: key sub-responses plus the numbers in them, normalised."""
+    """MMMU ``parse_open_response``: normalised key sub-responses and the numbers in them."""
     response = str(response).strip().strip(".").lower()
-    subs = re.split(r"\.\s(?=[A-Z])|\n", response)  # upstream splits after lower(): kept as is
+    subs = re.split(r"\.\s(?=[A-Z])|\n", response)  # upstream splits after lower(): kept
+    indicators = ["could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result "]
     keys = []
     for i, resp in enumerate(subs):
-        indicators = ["could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ",
-                      "result "]
         if i == len(subs) - 1:
-            indicators.append("=")
+            indicators = indicators + ["="]
         shortest = None
         for ind in indicators:
             if ind in resp:
                 cand = resp.split(ind)[-1].strip()
-                if shortest is None or len(cand) < len(shortest):
+                if not shortest or len(cand) < len(shortest):
                     shortest = cand
         if shortest and shortest.strip() not in [":", ",", ".", "!", "?", ";", "'"]:
             keys.append(shortest)
@@ -306,6 +297,3 @@ def mmmu_eval_open(gold, preds: list) -> bool:
         elif p in golds:
             return True
     return False
-
-
-LETTERS = string.ascii_uppercase

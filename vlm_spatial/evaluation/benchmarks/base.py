@@ -29,7 +29,7 @@ import base64
 import csv
 import io
 import json
-import os
+import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,21 +88,25 @@ class BenchmarkFileMissing(FileNotFoundError):
 
 # --------------------------------------------------------------------------- readers
 def read_json(path) -> Any:
+    """The parsed content of a JSON file."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def read_jsonl(path) -> list[dict]:
+    """One dict per non-empty line of a JSON-lines file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def read_csv(path, delimiter: str = ",") -> list[dict]:
+    """Rows of a CSV/TSV with a header line, as dicts of strings (a UTF-8 BOM is dropped)."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         return list(csv.DictReader(f, delimiter=delimiter))
 
 
 def read_parquet(path) -> list[dict]:
+    """Rows of a parquet file (Hugging Face ``Image`` cells stay ``{'bytes', 'path'}`` dicts)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -131,18 +135,25 @@ def read_records(path) -> list[dict]:
     raise ValueError(f"unsupported file type: {path}")
 
 
-def read_vlmevalkit_tsv(path) -> list[dict]:
-    """A VLMEvalKit dataset TSV: one row per question, images base64 in column ``image``.
+# The cells pandas.read_csv reads as NaN by default; VLMEvalKit loads its TSVs with pandas, so
+# an option cell "None" or "NA" is a missing option there, and here.
+PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                       "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                       "nan", "null"})
 
-    VLMEvalKit (``ImageBaseDataset.prepare_tsv``) stores a repeated image once: a row whose
-    ``image`` is a short string equal to another row's ``index`` reuses that row's image. A
-    ``image`` that starts with ``[`` is a list of base64 strings (multi-image questions).
-    Empty cells become ``None`` (pandas NaN in VLMEvalKit).
+
+def read_vlmevalkit_tsv(path) -> list[dict]:
+    """Rows (dicts of str/None) of a VLMEvalKit dataset TSV; images base64 in column ``image``.
+
+    VLMEvalKit (``ImageBaseDataset``) stores a repeated image once: a row whose ``image`` is a
+    string of at most 64 characters equal to another row's ``index`` reuses that row's image.
+    An ``image`` that starts with ``[`` is a list of base64 strings (multi-image questions).
+    Cells pandas reads as NaN become ``None``.
     """
     rows = read_csv(path, delimiter="\t")
     for r in rows:
         for k, v in list(r.items()):
-            if v == "" or v is None:
+            if v is None or v in PANDAS_NA:
                 r[k] = None
     by_index = {str(r.get("index")): r.get("image") for r in rows}
     for r in rows:
@@ -169,7 +180,7 @@ def hf_image(value) -> tuple[Any, str]:
 def option_columns(row: dict) -> dict:
     """VLMEvalKit option columns ``A``, ``B``, ... that are present and non-empty."""
     opts = {}
-    for letter in "ABCDEFGHIJ":
+    for letter in string.ascii_uppercase:
         v = row.get(letter)
         if v is None or (isinstance(v, float) and np.isnan(v)):
             continue
@@ -179,11 +190,13 @@ def option_columns(row: dict) -> dict:
 
 # --------------------------------------------------------------------------- metric helpers
 def accuracy(records: Iterable[dict]) -> float:
+    """Fraction of records with a true ``correct`` (NaN for no records)."""
     rs = list(records)
     return float(np.mean([bool(r["correct"]) for r in rs])) if rs else float("nan")
 
 
 def group_accuracy(records: Iterable[dict], key: Callable[[dict], Any]) -> dict:
+    """{group: accuracy} with groups given by ``key(record)``, sorted by group name."""
     groups: dict = {}
     for r in records:
         groups.setdefault(key(r), []).append(r)
@@ -191,6 +204,7 @@ def group_accuracy(records: Iterable[dict], key: Callable[[dict], Any]) -> dict:
 
 
 def count_unparsed(records: Iterable[dict]) -> int:
+    """How many records have no parsed answer (scored wrong)."""
     return sum(1 for r in records if r.get("parsed") is None)
 
 
@@ -265,6 +279,7 @@ ALIASES: dict[str, str] = {}
 
 
 def register(cls):
+    """Class decorator: make a Benchmark subclass reachable by name, VLMEvalKit key and title."""
     REGISTRY[cls.name] = cls
     for alias in (cls.vlmevalkit_key, cls.title):
         if alias:
@@ -273,6 +288,7 @@ def register(cls):
 
 
 def get_benchmark(name: str, **options) -> Benchmark:
+    """The benchmark registered as ``name`` (case-insensitive; aliases allowed), built with options."""
     from vlm_spatial.evaluation import benchmarks as _  # noqa: F401  (imports every module)
 
     key = name.strip().lower()
@@ -283,6 +299,7 @@ def get_benchmark(name: str, **options) -> Benchmark:
 
 
 def list_benchmarks() -> list[str]:
+    """Registered benchmark names, sorted."""
     from vlm_spatial.evaluation import benchmarks as _  # noqa: F401
 
     return sorted(REGISTRY)

@@ -1,25 +1,25 @@
 """CCBench (MMBench's Chinese-culture set, 510 questions) with circular evaluation.
 
 Files (either):
-* VLMEvalKit ``CCBench.tsv``: ``index, question, A.., answer, category, image (base64)``.
-  If the file already holds the rotated copies (a ``g_index`` column, or indices
-  ``i + k * 1e6`` as in VLMEvalKit's circular TSVs with ``g_index = index % 1e6``) they are
-  used as is; otherwise the rotations are generated here.
+* VLMEvalKit ``CCBench.tsv``: ``index, question, A.., answer, category, image (base64)``,
+  read as VLMEvalKit reads it: every row is one prompt and rows are grouped into questions by
+  ``g_index`` (or ``index % 1e6`` when there is no ``g_index`` column) -- the circular copies
+  are whatever rows the file holds (``mcq_circular_eval``).
 * A JSON/JSONL list of rows with ``question, A.., answer, category`` and an image field
   (``image`` base64, or ``sample_image`` / ``image_path`` relative to the file) -- the layout
-  of open-compass/MMBench ``samples/`` (see tests/fixtures/benchmarks).
+  of open-compass/MMBench ``samples/`` (see tests/fixtures/benchmarks). Here the circular copies
+  are made as MMBench's paper (sec. 3.2) describes: a question with N options is asked N
+  times, rotation k putting option ``(j + k) mod N`` into slot ``j``, the gold letter moved
+  with it.
 
-Circular evaluation (VLMEvalKit ``mcq_circular_eval`` / ``merge_vanilla_judge``, MMBench
-paper sec. 3.2): a question with N options is asked N times; rotation k moves option
-``(j + k) mod N`` into slot ``j`` and relabels the answer accordingly. The question counts as
-correct only if every rotation is answered correctly. Prompt per rotation: VLMEvalKit's LLaVA
-MCQ prompt (Chinese suffix ``请直接回答选项字母。`` for Chinese questions). Parse: ``can_infer``.
+Prompt per copy: VLMEvalKit's LLaVA MCQ prompt (Chinese suffix ``请直接回答选项字母。`` for
+Chinese text). Parse: ``can_infer``.
 
-Metrics
-* ``circular_acc`` (paper-compatible, Table 1 "CCBench"): fraction of questions whose
-  rotations are all correct (510 questions).
-* ``vanilla_acc``: accuracy of the un-rotated copy alone; ``rotation_acc``: accuracy over all
-  rotated copies; ``by_category``: circular accuracy per category.
+Metrics (exact matching: ``prefetch_circular_group``; a copy that does not parse fails the group)
+* ``circular_acc`` (paper-compatible, Table 1 "CCBench"): fraction of questions all of whose
+  copies are answered correctly.
+* ``vanilla_acc``: accuracy of the un-rotated copies alone; ``rotation_acc``: over all copies;
+  ``by_category``: circular accuracy per category.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from .mcq import MCQBenchmark
 def rotations(options: dict, answer: str) -> list[tuple[dict, str]]:
     """All N circular shifts of ``options`` with the relabelled answer; shift 0 first."""
     letters = list(options)
-    texts = [options[l] for l in letters]
+    texts = [options[c] for c in letters]
     n = len(letters)
     gold_pos = letters.index(answer)
     out = []
@@ -53,28 +53,29 @@ class CCBench(MCQBenchmark):
     paper_columns = {"CCBench": "circular_acc"}
     subdirs = ("ccbench", "CCBench")
     expected_files = ("CCBench.tsv (VLMEvalKit)", "ccbench*.jsonl / ccbench*.json rows")
-    published = "https://opencompass.openxlab.space/utils/benchmarks/MMBench_V11/CCBench.tsv"
+    published = ("https://opencompass.openxlab.space/utils/VLMEval/CCBench.tsv ; "
+                 "https://github.com/open-compass/MMBench")
 
     def load(self, data_root) -> list[Sample]:
         path = self.find(data_root, ["CCBench.tsv", "ccbench*.jsonl", "ccbench*.json",
                                      "CCBench*.jsonl"])
-        rows = read_vlmevalkit_tsv(path) if path.suffix == ".tsv" else read_records(path)
-        pre_rotated = any(r.get("g_index") is not None for r in rows) or any(
-            r.get("index") is not None and int(float(r["index"])) >= 1_000_000 for r in rows)
-        samples = []
-        for i, r in enumerate(rows):
-            opts = option_columns(r)
-            image, kind = self._image(r, path)
-            idx = int(float(r["index"])) if r.get("index") is not None else i
-            if pre_rotated:
-                g = int(float(r["g_index"])) if r.get("g_index") is not None else idx % 1_000_000
+        if path.suffix == ".tsv":
+            samples = []
+            for r in read_vlmevalkit_tsv(path):
+                idx = int(float(r["index"]))
+                group = int(float(r["g_index"])) if r.get("g_index") is not None else idx % 1_000_000
+                opts = option_columns(r)
                 samples.append(Sample(
                     qid=str(idx), prompt=llava_mcq_prompt(r["question"], opts, r.get("hint")),
-                    gold=str(r["answer"]).strip(), image=image, image_kind=kind, choices=opts,
-                    meta={"group": g, "rotation": idx // 1_000_000,
-                          "category": r.get("category")}))
-                continue
-            for k, (rot, gold) in enumerate(rotations(opts, str(r["answer"]).strip())):
+                    gold=str(r["answer"]).strip(), image=r.get("image"), image_kind="base64",
+                    choices=opts, meta={"group": group, "rotation": int(idx != group),
+                                        "category": r.get("category")}))
+            return samples
+        samples = []
+        for i, r in enumerate(read_records(path)):
+            image, kind = self._image(r, path)
+            idx = int(float(r["index"])) if r.get("index") is not None else i
+            for k, (rot, gold) in enumerate(rotations(option_columns(r), str(r["answer"]).strip())):
                 samples.append(Sample(
                     qid=f"{idx}_r{k}", prompt=llava_mcq_prompt(r["question"], rot, r.get("hint")),
                     gold=gold, image=image, image_kind=kind, choices=rot,

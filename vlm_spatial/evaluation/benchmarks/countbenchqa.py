@@ -3,28 +3,34 @@
 Files (any one of):
 * VLMEvalKit ``CountBenchQA.tsv`` (``index, image, question, answer``) -- the cleaned set of
   487 questions the paper's numbers fit.
-* Hugging Face ``vikhyatk/CountBenchQA`` parquet (``image, text, question, number``; 491 rows).
-* A JSON/JSONL list with ``question`` and ``number``/``answer`` and an image path. The original
-  CountBench ``CountBench.json`` (``image_url, text, number``) has no questions and is refused
-  with a message saying so.
+* Hugging Face ``vikhyatk/CountBenchQA`` parquet (``image, text, question, number``; 491 rows;
+  ``data/test-*.parquet``).
+The original CountBench ``CountBench.json`` (``image_url, text, number``) has no questions and
+is refused with a message saying what to use instead.
 
-Prompt (VLMEvalKit ``CountBenchQA.build_prompt``):
+Prompt (VLMEvalKit ``CountBenchQA.build_prompt``; a VQA set, so LLaVA adds nothing):
 ``"<question> Note that: answer with a number directly e.g. 3. Do not include any additional text."``
 
 Metrics
-* ``accuracy`` (paper-compatible, Table 2 "Count-BenchQA", fraction): VLMEvalKit's rule
-  ``str(answer) in prediction`` (substring: ``"12"`` counts as containing ``"2"``). VLMEvalKit
-  prints it x100; the paper's table shows the fraction.
-* ``exact_acc``: the first number in the output (digits or a number word: ``"two"`` -> 2)
-  equals the count -- the exact-count rule of PaliGemma/Molmo-style CountBenchQA scoring.
+* ``accuracy`` (paper-compatible, Table 2 "Count-BenchQA", fraction): VLMEvalKit
+  ``CountBenchQA.evaluate``: ``str(answer) in str(prediction)`` -- a substring test, so
+  ``"12"`` counts for an answer of 2. VLMEvalKit prints it x100; the paper's table shows the
+  fraction.
+* ``exact_acc``: the first whole-word count in the output (digits or a number word, as
+  VLMEvalKit reads TallyQA answers) equals the answer -- the exact-count rule of
+  PaliGemma/Molmo-style CountBenchQA scoring. ``parsed`` holds that count.
 """
 from __future__ import annotations
 
-from .answer_parsing import first_number
+from .answer_parsing import count_from_text
 from .base import (Benchmark, Sample, accuracy, count_unparsed, hf_image, read_records,
                    read_vlmevalkit_tsv, register)
 
 SUFFIX = " Note that: answer with a number directly e.g. 3. Do not include any additional text."
+
+
+def _count(value) -> int:
+    return int(float(value))
 
 
 @register
@@ -37,42 +43,35 @@ class CountBenchQA(Benchmark):
     max_new_tokens = 16
     subdirs = ("countbenchqa", "CountBenchQA", "countbench")
     expected_files = ("CountBenchQA.tsv (VLMEvalKit, 487 rows)",
-                      "*.parquet (HF vikhyatk/CountBenchQA, 491 rows)")
+                      "data/test-*.parquet (HF vikhyatk/CountBenchQA, 491 rows)")
     published = ("https://opencompass.openxlab.space/utils/VLMEval/CountBenchQA.tsv ; "
                  "https://huggingface.co/datasets/vikhyatk/CountBenchQA")
 
     def load(self, data_root) -> list[Sample]:
-        path = self.find(data_root, ["CountBenchQA.tsv", "*.parquet", "data/*.parquet",
-                                     "CountBenchQA*.json*", "CountBench.json"])
+        path = self.find(data_root, ["CountBenchQA.tsv", "test-*.parquet", "data/test-*.parquet",
+                                     "CountBench.json"])
         if path.suffix == ".tsv":
             return [Sample(qid=str(r["index"]), prompt=str(r["question"]) + SUFFIX,
-                           gold=str(r["answer"]).strip(), image=r.get("image"),
-                           image_kind="base64") for r in read_vlmevalkit_tsv(path)]
+                           gold=_count(r["answer"]), image=r.get("image"), image_kind="base64")
+                    for r in read_vlmevalkit_tsv(path)]
         rows = read_records(path)
         if rows and "question" not in rows[0]:
             raise ValueError(
                 f"{path} has no 'question' field: it is the original CountBench caption list "
                 "(image_url, text, number). CountBenchQA adds the questions: use VLMEvalKit's "
-                "CountBenchQA.tsv or the HF vikhyatk/CountBenchQA parquet.")
+                f"CountBenchQA.tsv or the HF vikhyatk/CountBenchQA parquet ({self.published}).")
         samples = []
         for i, r in enumerate(rows):
-            gold = r.get("number", r.get("answer"))
-            img = r.get("image")
-            image, kind = hf_image(img) if isinstance(img, (dict, bytes)) else (
-                str(path.parent / img) if img else None, "path")
-            samples.append(Sample(qid=str(r.get("index", i)), prompt=str(r["question"]) + SUFFIX,
-                                  gold=str(int(gold)), image=image, image_kind=kind))
+            image, kind = hf_image(r.get("image"))
+            samples.append(Sample(qid=str(i), prompt=str(r["question"]) + SUFFIX,
+                                  gold=_count(r["number"]), image=image, image_kind=kind))
         return samples
 
     def parse(self, sample: Sample, raw: str):
-        n = first_number(raw)
-        return None if n is None else str(n)
-
-    def is_correct(self, sample: Sample, parsed) -> bool:  # needs the raw text: see metrics
-        return parsed is not None and parsed == sample.gold
+        return count_from_text(raw)
 
     def correct_from_raw(self, sample: Sample, raw: str) -> bool:
-        """VLMEvalKit's rule on the raw output."""
+        """VLMEvalKit's rule: the answer's digits appear anywhere in the raw output."""
         return raw is not None and str(sample.gold) in str(raw)
 
     def metrics(self, records: list[dict]) -> dict:

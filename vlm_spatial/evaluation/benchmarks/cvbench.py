@@ -9,10 +9,11 @@ Files (any that exist are read, 2D and 3D together):
   prompt, source, split, task``).
 
 Prompt (paper-compatible): VLMEvalKit's LLaVA MCQ prompt built from ``question`` and the
-choices as letters A, B, ... (LLaVA's custom MCQ prompt overrides CVBench.build_prompt, which
-would send the dataset's own ``prompt``). ``prompt_style='official'`` sends the dataset's
-``prompt`` field ("... Select from the following choices.\\n(A) 3\\n(B) 2 ...") instead.
-Parse: VLMEvalKit ``can_infer``. Gold: ``"(C)"`` -> ``C``.
+choices as letters A, B, ... (CV-Bench is an MCQ dataset in VLMEvalKit, and LLaVA's custom MCQ
+prompt replaces ``CVBench.build_prompt``, which would send the dataset's own ``prompt``).
+``prompt_style='official'`` sends the dataset's ``prompt`` field ("... Select from the
+following choices.\\n(A) 3\\n(B) 2 ...") instead. Parse: VLMEvalKit ``can_infer``. Gold:
+``"(C)"`` -> ``C``. Question ids are ``"<2D|3D>_<idx or index>"`` (2D and 3D number separately).
 
 Metrics
 * ``acc_2d_coco``, ``acc_2d_ade20k``: accuracy within each 2D source (Table 4 columns).
@@ -57,10 +58,11 @@ class CVBench(MCQBenchmark):
                  "https://opencompass.openxlab.space/utils/VLMEval/CV-Bench-2D.tsv")
 
     def _files(self, data_root):
+        """The first group of published files found (2D and 3D files are read together)."""
         groups = [["CV-Bench-2D.tsv", "CV-Bench-3D.tsv"],
                   ["test_2d.parquet", "test_3d.parquet"],
                   ["test_2d.jsonl", "test_3d.jsonl"],
-                  ["test.jsonl"], ["test.parquet"], ["*.parquet"]]
+                  ["test.jsonl"], ["test.parquet"]]
         for g in groups:
             found = [self.find(data_root, [f], required=False) for f in g]
             found = [f for f in found if f is not None]

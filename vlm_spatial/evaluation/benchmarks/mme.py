@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from .answer_parsing import VQA_SHORT_SUFFIX, yorn_extraction
-from .base import Benchmark, Sample, count_unparsed, read_jsonl, read_vlmevalkit_tsv, register
+from .base import (Benchmark, Sample, count_unparsed, dedupe_qids, read_jsonl,
+                   read_vlmevalkit_tsv, register)
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
               "landmark", "artwork", "OCR")
@@ -94,7 +95,7 @@ class MME(Benchmark):
                 text = text.replace(VQA_SHORT_SUFFIX, MME_SUFFIX)
             cat, file = r["question_id"].split("/", 1)
             qtext = r["text"].replace(VQA_SHORT_SUFFIX, "").strip()
-            answer = gold.get((cat, Path(file).name, qtext))
+            answer = gold.get((cat, Path(file).stem, qtext))
             samples.append(Sample(
                 qid=r["question_id"], prompt=text, gold=answer,
                 image=str(self._image_path(release, r["image"])), image_kind="path",
@@ -103,7 +104,7 @@ class MME(Benchmark):
         if missing:
             raise ValueError(f"MME: no gold answer in {release} for {len(missing)} questions, "
                              f"e.g. {missing[:3]}")
-        return dedupe(samples)
+        return dedupe_qids(samples)
 
     @staticmethod
     def _image_path(release: Path, rel: str) -> Path:
@@ -115,21 +116,20 @@ class MME(Benchmark):
 
     @staticmethod
     def _release_answers(release: Path) -> dict:
-        """{(category, image file name, question without suffix): 'Yes'|'No'} from the txt files."""
+        """{(category, image file stem, question without suffix): 'Yes'|'No'} from the txt files.
+
+        The release keeps one ``question<TAB>answer`` line per question in
+        ``<category>/questions_answers_YN/<stem>.txt`` or ``<category>/<stem>.txt``.
+        """
         out = {}
         for txt in release.rglob("*.txt"):
             rel = txt.relative_to(release).parts
-            cat = rel[0]
             if txt.parent.name == "questions_answers_YN" or len(rel) == 2:
-                stem = txt.stem
-                images = [p for p in txt.parent.parent.glob(f"images/{stem}.*")] + \
-                         [p for p in txt.parent.glob(f"{stem}.*") if p.suffix != ".txt"]
-                name = images[0].name if images else stem
                 for line in txt.read_text(encoding="utf-8").splitlines():
                     if "\t" not in line:
                         continue
                     q, a = line.rsplit("\t", 1)
-                    out[(cat, name, q.replace(MME_SUFFIX, "").strip())] = a.strip()
+                    out[(rel[0], txt.stem, q.replace(MME_SUFFIX, "").strip())] = a.strip()
         return out
 
     def parse(self, sample: Sample, raw: str):
@@ -140,8 +140,3 @@ class MME(Benchmark):
         out.update({"n": len(records), "n_unparsed": count_unparsed(records),
                     "accuracy": float(np.mean([bool(r["correct"]) for r in records]))})
         return out
-
-
-def dedupe(samples):
-    from .base import dedupe_qids
-    return dedupe_qids(samples)

@@ -1,28 +1,32 @@
 """MMMU validation (900 questions, 30 subjects).
 
 Files (either):
-* VLMEvalKit ``MMMU_DEV_VAL.tsv`` (``index, image (base64 or list), question, A.., answer,
-  split ('dev'|'validation'), category, question_type?``); only ``split == validation`` is
-  scored unless ``split='all'``.
-* The benchmark's Hugging Face release ``MMMU/MMMU``: ``<Subject>/validation-*.parquet`` (or
-  the same rows as JSON/JSONL), fields ``id, question, options`` (a Python-list string),
-  ``answer, question_type ('multiple-choice'|'open'), image_1 .. image_7``.
+* VLMEvalKit ``MMMU_DEV_VAL.tsv`` (``index, image (base64 or a list), question, A.., answer,
+  split ('dev'|'validation'), category, ...``; open questions have no option columns and the
+  answer text in ``answer``); only ``split == validation`` is scored unless ``split='all'``.
+* The benchmark's Hugging Face release ``MMMU/MMMU``: ``<Subject>/validation-*.parquet``
+  (fields ``id, question, options`` (a Python-list string), ``answer, question_type
+  ('multiple-choice'|'open'), image_1 .. image_7``).
 
-Paper-compatible (Table 1 "MMMU_Val", VLMEvalKit ``MMMU_DEV_VAL`` exact matching):
-* ``MMMU_preproc``: an open question (no option A) becomes a two-option question with
-  ``A = <gold answer>``, ``B = 'Other Answers'`` and gold letter ``A``; a gold answer that is
-  not a letter is mapped to ``A`` (``vlmeval/dataset/utils/multiple_choice.py``).
-* prompt: VLMEvalKit's LLaVA MCQ prompt over these options (the ``<image k>`` tags stay in
-  the text; only the first image is passed to a single-image model).
-* parse: ``can_infer``; ``accuracy`` = mean(hit) over the validation split (fraction).
+Paper-compatible (Table 1 "MMMU_Val", VLMEvalKit ``MMMU_DEV_VAL`` with exact matching):
+* prompt: VLMEvalKit's LLaVA prompt -- with options the MCQ form; an open question has none,
+  so it is ``question + "\\nAnswer the question directly."``. The ``<image k>`` tags stay in the
+  text; the first image is given to the model.
+* scoring (``multiple_choice.py::MMMU_preproc`` + ``mcq_vanilla_eval``): an open question is
+  scored as a two-option question ``A = <answer text>``, ``B = 'Other Answers'``; the gold
+  letter is the ``answer`` cell when it is one upper-case letter and ``'A'`` otherwise (so an
+  open question whose answer is a bare letter, e.g. ``'C'``, can never be right -- an upstream
+  quirk reproduced on purpose). Parse: ``can_infer``; ``accuracy`` = mean(hit) (fraction).
 
-Official (``official_acc``; MMMU ``mmmu/utils/eval_utils.py``): the same outputs parsed with
-``parse_multi_choice_response`` (multiple choice; MMMU picks a random option when nothing
-parses -- here a random choice seeded by the question id, and the count of such picks is
-``n_random_fallback``) or ``parse_open_response`` + ``eval_open`` (open questions, against
-the gold answer text). MMMU's own prompt format is ``question\\n\\n(A) x\\n(B) y\\n\\nAnswer with
-the option's letter from the given choices directly.`` (``configs/llava1.5.yaml``); pass
-``prompt_style='official'`` to use it.
+Official (``official_acc``; MMMU ``eval/eval_utils.py``): multiple-choice outputs parsed with
+``parse_multi_choice_response`` over the real options (MMMU picks a random option when nothing
+parses -- here a pick seeded by the question id; ``n_random_fallback`` counts them), open
+outputs with ``parse_open_response`` + ``eval_open`` against the answer text.
+``score_mmmu_outputs`` applies the same rules to MMMU's own files (``output.json`` rows and
+``answer_dict_val.json``). MMMU's own LLaVA prompt (``configs/llava1.5.yaml``:
+``question\\n\\n(A) x\\n(B) y\\n\\nAnswer with the option's letter from the given choices
+directly.``; open: ``question\\n\\nAnswer the question using a single word or phrase.``) is
+used with ``prompt_style='official'``.
 """
 from __future__ import annotations
 
@@ -38,16 +42,65 @@ from .base import (Sample, accuracy, count_unparsed, group_accuracy, hf_image, o
 from .mcq import MCQBenchmark
 
 
-def mmmu_official_prompt(question: str, options: dict, open_question: bool) -> str:
-    if open_question:
+def mmmu_official_prompt(question: str, options: dict) -> str:
+    """MMMU's LLaVA-1.5 prompt (``configs/llava1.5.yaml``); no options = open question."""
+    if not options:
         return f"{question}\n\nAnswer the question using a single word or phrase."
     lines = "\n".join(f"({k}) {v}" for k, v in options.items())
     return f"{question}\n\n{lines}\n\nAnswer with the option's letter from the given choices directly."
 
 
 def seeded_choice(qid: str, choices: list[str]) -> str:
+    """MMMU's random pick for an unparseable answer, made reproducible per question id."""
     seed = int(hashlib.sha256(qid.encode()).hexdigest()[:8], 16)
     return random.Random(seed).choice(choices)
+
+
+def _gold_text(value):
+    """An answer cell as MMMU compares it: a list if it is a list literal, else the string."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
+def official_correct(qid: str, question_type: str, response, options: dict, gold) -> tuple:
+    """(correct, used_random_fallback) of one response under MMMU's own parsing rules.
+
+    ``options``: letter -> option text (empty for open questions); ``gold``: the gold letter
+    (multiple choice) or answer text / list of texts (open).
+    """
+    response = "" if response is None else str(response)
+    if question_type != "multiple-choice":
+        return mmmu_eval_open(_gold_text(gold), mmmu_parse_open(response)), False
+    pred = mmmu_parse_multi_choice(response, list(options), options)
+    if pred is None:
+        return seeded_choice(qid, list(options) or ["A"]) == gold, True
+    return pred == gold, False
+
+
+def score_mmmu_outputs(outputs: list[dict], answer_dict: dict) -> dict:
+    """MMMU ``main_eval_only`` on MMMU's own files.
+
+    ``outputs``: rows of an ``output.json`` (``id, question_type, all_choices, index2ans,
+    response``); ``answer_dict``: ``answer_dict_val.json`` (``{id: {question_type,
+    ground_truth}}``). Returns ``{"accuracy", "n", "n_random_fallback", "by_subject"}``.
+    """
+    hits, fallback, by_subject = [], 0, {}
+    for row in outputs:
+        gold = answer_dict[row["id"]]
+        options = {c: row["index2ans"][c] for c in row.get("all_choices", [])}
+        ok, rnd = official_correct(row["id"], gold["question_type"], row["response"], options,
+                                   gold["ground_truth"])
+        hits.append(ok)
+        fallback += rnd
+        subject = row["id"].split("_", 1)[1].rsplit("_", 1)[0]
+        by_subject.setdefault(subject, []).append(ok)
+    return {"accuracy": sum(hits) / len(hits) if hits else float("nan"), "n": len(hits),
+            "n_random_fallback": fallback,
+            "by_subject": {k: sum(v) / len(v) for k, v in sorted(by_subject.items())}}
 
 
 @register
@@ -57,7 +110,7 @@ class MMMU(MCQBenchmark):
     vlmevalkit_key = "MMMU_DEV_VAL"
     primary = "accuracy"
     paper_columns = {"MMMU_Val": "accuracy"}
-    max_new_tokens = 64
+    max_new_tokens = 128
     subdirs = ("mmmu", "MMMU")
     expected_files = ("MMMU_DEV_VAL.tsv (VLMEvalKit)",
                       "<Subject>/validation-*.parquet (HF MMMU/MMMU)")
@@ -70,77 +123,49 @@ class MMMU(MCQBenchmark):
             rows = read_vlmevalkit_tsv(tsv)
             if self.options.get("split", "validation") != "all":
                 rows = [r for r in rows if (r.get("split") or "validation") == "validation"]
-            return [self._from_tsv(r) for r in rows]
+            return [self._sample(str(r["index"]), r["question"], option_columns(r), r["answer"],
+                                 r.get("image"), "base64", r.get("category"), r.get("hint"))
+                    for r in rows]
         files = []
         for d in self.search_dirs(data_root):
-            files += sorted(d.glob("*/validation-*.parquet")) + sorted(d.glob("validation*.json*"))
+            files = sorted(d.glob("*/validation-*.parquet"))
             if files:
                 break
         if not files:
-            self.find(data_root, ["MMMU_DEV_VAL.tsv"])  # raises
-        return [self._from_hf(r, f) for f in files for r in read_records(f)]
+            self.find(data_root, ["MMMU_DEV_VAL.tsv"])  # raises, naming every accepted file
+        samples = []
+        for f in files:
+            for r in read_records(f):
+                raw_opts = r.get("options") or "[]"
+                opts = ast.literal_eval(raw_opts) if isinstance(raw_opts, str) else list(raw_opts)
+                image, kind = hf_image(r.get("image_1"))
+                samples.append(self._sample(str(r["id"]), r["question"],
+                                            {LETTERS[i]: str(o) for i, o in enumerate(opts)},
+                                            r["answer"], image, kind, f.parent.name))
+        return samples
 
-    def _from_tsv(self, r: dict) -> Sample:
-        opts = option_columns(r)
-        open_q = "A" not in opts
-        gold_text = str(r.get("answer"))
-        if open_q:  # MMMU_preproc
-            opts = {"A": gold_text, "B": "Other Answers"}
-        gold = gold_text.strip() if gold_text.strip() in LETTERS and not open_q else "A"
-        image, kind = r.get("image"), "base64"
-        return Sample(qid=str(r["index"]), prompt=llava_mcq_prompt(str(r["question"]), opts,
-                                                                   r.get("hint")),
-                      gold=gold, image=image, image_kind=kind, choices=opts,
-                      meta={"category": r.get("category"), "split": r.get("split"),
-                            "question_type": "open" if open_q else "multiple-choice",
-                            "gold_text": gold_text})
-
-    def _from_hf(self, r: dict, path: Path) -> Sample:
-        raw_opts = r.get("options") or "[]"
-        options = ast.literal_eval(raw_opts) if isinstance(raw_opts, str) else list(raw_opts)
-        open_q = r.get("question_type") == "open" or not options
-        opts = {LETTERS[i]: str(o) for i, o in enumerate(options)}
-        gold_text = r["answer"]
-        official = self.options.get("prompt_style") == "official"
-        if official:
-            prompt = mmmu_official_prompt(r["question"], opts, open_q)
+    def _sample(self, qid, question, options: dict, answer, image, kind, category,
+                hint=None) -> Sample:
+        """One question: prompt for the chosen style, VLMEvalKit's scoring choices and gold."""
+        answer = str(answer)
+        if self.options.get("prompt_style") == "official":
+            prompt = mmmu_official_prompt(str(question), options)
         else:
-            vopts = {"A": str(gold_text), "B": "Other Answers"} if open_q else opts
-            prompt = llava_mcq_prompt(r["question"], vopts)
-        if open_q and not official:
-            opts = {"A": str(gold_text), "B": "Other Answers"}
-        gold = str(gold_text) if (not open_q and str(gold_text) in LETTERS) else "A"
-        image, kind = hf_image(r.get("image_1")) if r.get("image_1") is not None else (None, "path")
-        subject = path.parent.name if path.suffix == ".parquet" else None
-        return Sample(qid=str(r["id"]), prompt=prompt, gold=gold, image=image, image_kind=kind,
-                      choices=opts,
-                      meta={"category": subject or str(r["id"]).split("_")[1],
-                            "split": "validation",
-                            "question_type": "open" if open_q else "multiple-choice",
-                            "gold_text": gold_text})
-
-    def official_correct(self, record: dict) -> tuple[bool, bool]:
-        """(correct, used_random_fallback) under MMMU's own parsing rules."""
-        meta, raw = record["meta"], record.get("raw") or ""
-        if meta.get("question_type") == "open":
-            gold = meta.get("gold_text")
-            try:
-                gold = ast.literal_eval(gold) if isinstance(gold, str) and gold.startswith("[") else gold
-            except (ValueError, SyntaxError):
-                pass
-            return mmmu_eval_open(gold, mmmu_parse_open(raw)), False
-        choices = record.get("choices") or {}
-        pred = mmmu_parse_multi_choice(raw, list(choices), choices)
-        fallback = pred is None
-        if fallback:
-            pred = seeded_choice(str(record["qid"]), list(choices) or ["A"])
-        return pred == record["gold"], fallback
+            prompt = llava_mcq_prompt(str(question), options, hint)
+        scoring = options if options else {"A": answer, "B": "Other Answers"}
+        gold = answer if answer in LETTERS else "A"
+        return Sample(qid=qid, prompt=prompt, gold=gold, image=image, image_kind=kind,
+                      choices=scoring,
+                      meta={"category": category,
+                            "question_type": "multiple-choice" if options else "open",
+                            "options": options, "answer": answer})
 
     def metrics(self, records: list[dict]) -> dict:
         out = {"accuracy": accuracy(records), "n": len(records),
                "n_unparsed": count_unparsed(records),
                "by_category": group_accuracy(records, lambda r: r["meta"].get("category"))}
-        official = [self.official_correct(r) for r in records]
+        official = [official_correct(str(r["qid"]), r["meta"]["question_type"], r.get("raw"),
+                                     r["meta"]["options"], r["meta"]["answer"]) for r in records]
         out["official_acc"] = (sum(c for c, _ in official) / len(official)) if official else float("nan")
         out["n_random_fallback"] = sum(f for _, f in official)
         return out

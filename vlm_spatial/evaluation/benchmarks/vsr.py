@@ -1,20 +1,25 @@
 """VSR zero-shot test split (Liu et al., TACL 2023): 1,222 caption-true/false questions.
 
 Files (either):
-* VLMEvalKit ``VSR-zeroshot.tsv`` (``index, image, question, answer ('Yes'|'No')``): the
-  question text is sent verbatim (paper-compatible).
+* VLMEvalKit ``VSR-zeroshot.tsv`` (its download is HF ``ignoreandfly/vsr_zeroshot_tsv``
+  ``vsr_zeroshot_dataset_yn_strict.tsv``: ``index, image, question, answer ('Yes'|'No')``).
+  VSR-zeroshot is a Y/N dataset there (``ImageYORNDataset``), so the question cell is sent
+  verbatim -- the paper-compatible prompt.
 * The benchmark's repository (cambridgeltl/visual-spatial-reasoning)
   ``data/splits/zeroshot/test.jsonl`` (fields ``image, image_link, caption, label (1/0),
   relation, subj, obj, ...``; images are COCO-2017 files under ``images/``). The question is
   built as ``'<caption>\\nIs this statement about the image true? Please answer yes or no.'``
-  -- VLMEvalKit's exact wording for VSR was not available to read, so numbers from the jsonl
-  path may differ slightly from a TSV run; gold = ``'Yes' if label == 1 else 'No'``.
+  -- the TSV's own wording was not available to read, so numbers from the jsonl path may
+  differ from a TSV run; gold = ``'Yes' if label == 1 else 'No'``.
 
-Parse: VLMEvalKit ``YOrN_Extraction``. Metric: ``accuracy`` = 100 * mean(correct)
-(paper-compatible, Table 2 "VSR", VLMEvalKit ``VSR_rating`` acc, percent scale), plus
-precision / recall / F1 of the 'Yes' class (VSR_rating) and ``by_relation`` when known.
+Parse: VLMEvalKit ``YOrN_Extraction``; ``correct = (extracted == answer)``.
+Metrics (VLMEvalKit ``yorn.py::VSR_rating``): ``accuracy`` = 100 * mean(correct)
+(paper-compatible, Table 2 "VSR", percent scale), ``precision`` / ``recall`` (x100) and ``f1``
+(a fraction, as VSR_rating prints it) of the 'Yes' class, and ``by_relation`` when known.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +28,14 @@ from .base import (Benchmark, Sample, count_unparsed, group_accuracy, read_jsonl
                    read_vlmevalkit_tsv, register)
 
 VSR_TEMPLATE = "{caption}\nIs this statement about the image true? Please answer yes or no."
+
+
+def vsr_sample(i: int, row: dict, image_dir: Path) -> Sample:
+    """One row of a VSR repository split file (any split) -> Sample; qid is the line number."""
+    return Sample(qid=str(i), prompt=VSR_TEMPLATE.format(caption=row["caption"]),
+                  gold="Yes" if int(row["label"]) == 1 else "No",
+                  image=str(image_dir / row["image"]), image_kind="path",
+                  meta={"relation": row.get("relation"), "image_file": row["image"]})
 
 
 @register
@@ -49,14 +62,7 @@ class VSR(Benchmark):
                            image_kind="base64", meta={"relation": r.get("category")})
                     for r in read_vlmevalkit_tsv(path)]
         root = next((d for d in path.parents if (d / "images").is_dir()), path.parent)
-        samples = []
-        for i, r in enumerate(read_jsonl(path)):
-            samples.append(Sample(
-                qid=str(i), prompt=VSR_TEMPLATE.format(caption=r["caption"]),
-                gold="Yes" if int(r["label"]) == 1 else "No",
-                image=str(root / "images" / r["image"]), image_kind="path",
-                meta={"relation": r.get("relation"), "image_file": r["image"]}))
-        return samples
+        return [vsr_sample(i, r, root / "images") for i, r in enumerate(read_jsonl(path))]
 
     def parse(self, sample: Sample, raw: str):
         return yorn_extraction(raw)
