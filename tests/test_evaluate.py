@@ -61,6 +61,12 @@ def test_cli_end_to_end_on_the_synthetic_set(data_root, tiny_checkpoint, tmp_pat
                  "--data_root", str(data_root)]) == 0
     assert json.loads(capsys.readouterr().out) == metrics
 
+    # sharded on a (2, 2, 2) mesh of the 8 fake devices: the same answers
+    assert main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "synthetic", "--mesh", "2,2,2",
+                 "--data_root", str(data_root), "--out", str(tmp_path / "sharded"), "--limit", "8"]) == 0
+    capsys.readouterr()
+    assert runner.read_jsonl(tmp_path / "sharded" / "synthetic" / "predictions.jsonl") == rows[:8]
+
     # multiple choice by option log-likelihood: every relation_mc answer is an option letter
     assert main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "synthetic", "--mcq", "likelihood",
                  "--data_root", str(data_root), "--out", str(tmp_path / "ll"), "--limit", "8"]) == 0
