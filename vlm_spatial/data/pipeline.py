@@ -10,12 +10,12 @@ Public entry points:
   ``{"data/skipped/<reason>": n, ..., "data/skipped/total": n}`` for the trainer's metrics).
 * :func:`build_train_dataset` — the same as a grain ``IterDataset`` (``iter(ds)`` starts afresh).
 
-Stages: ``MapDataset.source(LlavaJsonSource)`` -> per-host shard (``[i::n]`` with
-``i = jax.process_index()``, ``n = jax.process_count()``) -> ``shuffle(seed)`` (reshuffled each
+Stages: ``MapDataset.source(LlavaJsonSource)`` -> per-host shard (:func:`host_shard`, ``[i::n]`` with
+``i = jax.process_index()``, ``n = jax.process_count()``, equal lengths) -> ``shuffle(seed)`` (reshuffled each
 epoch) -> ``repeat(num_epochs)`` -> ``map_with_index`` (validate + tokenize + template + decode +
 preprocess; a bad record becomes a small marker element) -> ``to_iter_dataset`` (thread prefetch)
 -> ``mp_prefetch`` (``num_workers`` decoding processes, when > 0) -> batching in the main process:
-markers are counted/logged (or raised with ``strict=True``), ``B = global_batch_size /
+markers are counted/logged (or raised with ``on_bad_record="raise"``), ``B = global_batch_size /
 process_count`` good examples are padded to the smallest of ``bucket_lengths`` that fits.
 
 Batch (numpy), exactly the contract of CONTRIBUTING.md::
@@ -49,7 +49,8 @@ class ProcessRecord:
     """``(index, source element) -> example | bad-record marker`` (runs in worker processes).
 
     An example is ``{"input_ids": int32 [L], "labels": int32 [L], "pixels": [H,W,3] | NaFlex dict,
-    "has_image": bool, "_epoch": int}``.
+    "has_image": bool, "_epoch": int}``; ``index`` is the position in the repeated stream, so
+    ``index // epoch_len`` is the epoch.
     """
 
     def __init__(self, encoder: ConversationEncoder, image_cfg: ImageConfig, epoch_len: int):
@@ -70,8 +71,6 @@ class ProcessRecord:
         if rec is None:
             raise BadRecordError(rid, "malformed_record", element.get("error", "unparsable record"))
         image = record_image(rec, rid)
-        if element.get("image_bytes") is not None:  # sources that carry encoded images (TFDS)
-            image = image or "<bytes>"
         toks = self.encoder.encode(rec, has_image=image is not None, rid=rid)
         if image is None:
             pixels = blank_image(self.image_cfg)
@@ -119,19 +118,24 @@ def collate(rows: Sequence[dict], bucket_lengths: Sequence[int], pad_id: int) ->
     return batch
 
 
+BAD_RECORD_POLICIES = ("skip", "raise")
+
+
 class PipelineIterator(grain.DatasetIterator):
     """Pulls examples, counts/drops bad-record markers, and yields padded batches.
 
-    State: ``{"parent": <grain state>, "bad_records": <counters>}`` (JSON-serialisable).
+    State: ``{"parent": <grain state>, "bad_records": <counters>}`` (JSON-serialisable), taken at
+    batch boundaries, so ``set_state(get_state())`` on a fresh pipeline continues with exactly the
+    batch the saved one would have yielded next. ``close()`` (or ``with``) stops worker processes.
     """
 
     def __init__(self, parent, batch_size: int, bucket_lengths: Sequence[int], pad_id: int,
-                 strict: bool, drop_remainder: bool):
+                 on_bad_record: str, drop_remainder: bool):
         super().__init__(parent)
         self.batch_size = batch_size
         self.bucket_lengths = list(bucket_lengths)
         self.pad_id = pad_id
-        self.strict = strict
+        self.on_bad_record = on_bad_record
         self.drop_remainder = drop_remainder
         self.bad_records = BadRecordStats()
         self._finished = False
@@ -153,7 +157,7 @@ class PipelineIterator(grain.DatasetIterator):
                 self.bad_records.end_epoch(epoch)
             if is_bad_marker(el):
                 err = BadRecordError.from_marker(el)
-                if self.strict:
+                if self.on_bad_record == "raise":
                     raise err
                 self.bad_records.record(err)
                 continue
@@ -168,6 +172,12 @@ class PipelineIterator(grain.DatasetIterator):
         self.bad_records.set_state(state["bad_records"])
         self._finished = False
 
+    def __enter__(self) -> "PipelineIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _PipelineDataset(grain.IterDataset):
     def __init__(self, parent: grain.IterDataset, **kwargs):
@@ -179,8 +189,31 @@ class _PipelineDataset(grain.IterDataset):
 
 
 def _bucket_list(bucket_lengths: Sequence[int] | None, max_len: int) -> list[int]:
-    buckets = sorted({int(b) for b in (bucket_lengths or []) if int(b) < max_len} | {int(max_len)})
-    return buckets
+    return sorted({int(b) for b in (bucket_lengths or []) if int(b) < max_len} | {int(max_len)})
+
+
+def host_shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
+    """Records ``shard_index, shard_index + n, ...`` (``n = shard_count``), cut to ``len // n`` so
+    every host has the same number of records (at most ``n - 1`` records of the whole set unused)."""
+    per_host = len(ds) // shard_count
+    if per_host == 0:
+        raise ValueError(f"{len(ds)} records cannot be split over {shard_count} hosts")
+    return ds[shard_index: per_host * shard_count: shard_count]
+
+
+def _source(data_files, image_roots, synthetic_dir, tfds_data_dir, split):
+    """The random-access source and the default tokenizer directory (or None)."""
+    given = [x is not None for x in (data_files, synthetic_dir, tfds_data_dir)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of data_files, synthetic_dir, tfds_data_dir")
+    if synthetic_dir is not None:
+        source = LlavaJsonSource([os.path.join(synthetic_dir, f"{split}.json")], [synthetic_dir])
+        return source, os.path.join(synthetic_dir, "tokenizer")
+    if tfds_data_dir is not None:
+        from vlm_spatial.data.tfds_synthetic import TfdsLlavaSource
+
+        return TfdsLlavaSource(tfds_data_dir, split), None
+    return LlavaJsonSource(data_files, image_roots), None
 
 
 def build_train_dataset(
@@ -188,6 +221,7 @@ def build_train_dataset(
     data_files: Sequence[str] | str | None = None,
     image_roots: Sequence[str | None] | str | None = None,
     synthetic_dir: str | None = None,
+    tfds_data_dir: str | None = None,
     split: str = "train",
     tokenizer_dir: str | None = None,
     template: str = "vicuna_v1",
@@ -199,7 +233,7 @@ def build_train_dataset(
     image: ImageConfig | dict | None = None,
     num_image_tokens: int = 576,
     image_token_id: int = 32000,
-    strict: bool = False,
+    on_bad_record: str = "skip",
     num_epochs: int | None = None,
     shard_index: int | None = None,
     shard_count: int | None = None,
@@ -209,14 +243,12 @@ def build_train_dataset(
     drop_remainder: bool = True,
 ) -> grain.IterDataset:
     """The training pipeline as a grain ``IterDataset`` of batches (see :func:`build_train_pipeline`)."""
-    if synthetic_dir is not None:
-        if data_files is not None:
-            raise ValueError("give either data_files or synthetic_dir, not both")
-        data_files = [os.path.join(synthetic_dir, f"{split}.json")]
-        image_roots = [synthetic_dir]
-        tokenizer_dir = tokenizer_dir or os.path.join(synthetic_dir, "tokenizer")
-    if data_files is None or tokenizer_dir is None:
-        raise ValueError("data_files (or synthetic_dir) and tokenizer_dir are required")
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record={on_bad_record!r}; one of {BAD_RECORD_POLICIES}")
+    source, default_tokenizer = _source(data_files, image_roots, synthetic_dir, tfds_data_dir, split)
+    tokenizer_dir = tokenizer_dir or default_tokenizer
+    if tokenizer_dir is None:
+        raise ValueError("tokenizer_dir is required (a local Hugging Face tokenizer directory)")
     if image is None:
         image = ImageConfig()
     elif isinstance(image, dict):
@@ -229,11 +261,8 @@ def build_train_dataset(
         raise ValueError(f"global_batch_size={global_batch_size} not divisible by {shard_count} hosts")
     encoder = ConversationEncoder(tokenizer_dir, template, max_len, num_image_tokens, image_token_id,
                                   add_bos=add_bos)
-    source = LlavaJsonSource(data_files, image_roots)
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    ds = host_shard(grain.MapDataset.source(source), shard_index, shard_count)
     epoch_len = len(ds)
-    if epoch_len == 0:
-        raise ValueError(f"no records for host {shard_index}/{shard_count} in {data_files}")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.map_with_index(ProcessRecord(encoder, image, epoch_len))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer))
@@ -241,27 +270,31 @@ def build_train_dataset(
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return _PipelineDataset(ds, batch_size=global_batch_size // shard_count,
                             bucket_lengths=_bucket_list(bucket_lengths, max_len),
-                            pad_id=encoder.pad_id, strict=strict, drop_remainder=drop_remainder)
+                            pad_id=encoder.pad_id, on_bad_record=on_bad_record, drop_remainder=drop_remainder)
 
 
 def build_train_pipeline(**kwargs) -> PipelineIterator:
     """Builds the training pipeline and returns its checkpointable iterator.
 
-    Keyword arguments (all plain values, see :func:`build_train_dataset` for defaults):
+    Keyword arguments (all plain values, so a config section maps onto them; see
+    :func:`build_train_dataset` for defaults). The source is exactly one of:
       data_files / image_roots: LLaVA JSON/JSONL files and one image root per file (or one for all);
-      synthetic_dir, split: instead, a directory written by ``vlm_spatial.data.synthetic``
-        (reads ``{split}.json``, images under it, tokenizer from ``synthetic_dir/tokenizer``);
+      synthetic_dir, split: a directory written by ``vlm_spatial.data.synthetic`` (reads
+        ``{split}.json``, images under it, tokenizer from ``synthetic_dir/tokenizer``);
+      tfds_data_dir, split: the synthetic set's TFDS ArrayRecord build (``tfds_synthetic``);
+    and:
       tokenizer_dir: local Hugging Face tokenizer directory;
       template: "plain" (stage 1) | "vicuna_v1" (stage 2);
       max_len, bucket_lengths: longest sequence, and the padded lengths T a batch may take;
       global_batch_size: summed over hosts (each host yields global_batch_size / process_count rows);
-      seed, num_epochs (None = repeat forever), num_workers (decoding processes; 0 = in-process);
+      seed, num_epochs (None = repeat forever), num_workers (decoding processes; 0 = in-process),
+        read_threads (decoding threads per process);
       image: ImageConfig (or its dict): encoder family, image_size, resize_mode, naflex, dtype;
       num_image_tokens, image_token_id: from the model config;
-      strict: raise BadRecordError (naming the record id) instead of skipping and counting;
+      on_bad_record: "skip" (count + log, the default) | "raise" (BadRecordError naming the record id);
       shard_index, shard_count: default jax.process_index(), jax.process_count().
 
     Returns a :class:`PipelineIterator`: ``next(it)`` -> batch dict (module docstring),
-    ``it.get_state()`` / ``it.set_state(state)``, ``it.bad_records.as_metrics()``.
+    ``it.get_state()`` / ``it.set_state(state)``, ``it.bad_records.as_metrics()``, ``it.close()``.
     """
     return iter(build_train_dataset(**kwargs))
