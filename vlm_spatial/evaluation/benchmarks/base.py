@@ -12,8 +12,8 @@ A benchmark module defines one subclass of :class:`Benchmark` and registers it w
   ``None`` means unparseable (scored wrong, counted in ``n_unparsed``).
 * ``is_correct(sample, parsed) -> bool``.
 * ``metrics(records) -> dict``: every number the benchmark reports. ``records`` are the
-  runner's prediction rows (``qid, parsed, gold, correct, meta`` ...). The key named by
-  ``primary`` is the paper-compatible number on the paper's scale.
+  runner's scored rows (``qid, raw_output, parsed, gold, correct, meta, choices``). The key
+  named by ``primary`` is the paper-compatible number on the paper's scale.
 
 A missing file raises :class:`BenchmarkFileMissing`, whose message names every file that
 would do and where each is published.

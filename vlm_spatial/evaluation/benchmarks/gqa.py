@@ -90,7 +90,8 @@ class GQA(Benchmark):
 
     def metrics(self, records: list[dict]) -> dict:
         def official(r):
-            return r.get("raw") is not None and gqa_official_normalize(r["raw"]) == r["gold"]
+            raw = r.get("raw_output")
+            return raw is not None and gqa_official_normalize(raw) == r["gold"]
 
         out = {"accuracy": 100 * accuracy(records), "n": len(records),
                "n_unparsed": count_unparsed(records)}

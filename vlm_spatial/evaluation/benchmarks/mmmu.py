@@ -164,7 +164,7 @@ class MMMU(MCQBenchmark):
         out = {"accuracy": accuracy(records), "n": len(records),
                "n_unparsed": count_unparsed(records),
                "by_category": group_accuracy(records, lambda r: r["meta"].get("category"))}
-        official = [official_correct(str(r["qid"]), r["meta"]["question_type"], r.get("raw"),
+        official = [official_correct(str(r["qid"]), r["meta"]["question_type"], r.get("raw_output"),
                                      r["meta"]["options"], r["meta"]["answer"]) for r in records]
         out["official_acc"] = (sum(c for c, _ in official) / len(official)) if official else float("nan")
         out["n_random_fallback"] = sum(f for _, f in official)

@@ -88,7 +88,7 @@ class TopViewRS(MCQBenchmark):
 
     def metrics(self, records: list[dict]) -> dict:
         out = super().metrics(records)
-        pm = [partial_match(r.get("raw_output", r.get("raw")), r.get("parsed"),
+        pm = [partial_match(r.get("raw_output"), r.get("parsed"),
                             r.get("choices") or {}, r["gold"]) for r in records]
         out["partial_match"] = sum(pm) / len(pm) if pm else float("nan")
         return out
