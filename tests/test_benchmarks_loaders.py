@@ -302,3 +302,30 @@ def test_topviewrs_tsv_and_hf_json(tmp_path):
                               "answer": "bath", "image": "data/5.png", "sub_task": "Scene"}]))
     (h,) = get_benchmark("topviewrs").load(tmp_path / "hf")
     assert (h.qid, h.gold, h.meta["category"]) == ("released_realistic_datasets_5", "B", "Scene")
+
+
+def test_cvbench_hf_parquet_with_embedded_images(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    png = base64.b64decode(png_b64((10, 20, 30)))
+    row = json.loads((FIX / "cvbench_row_from_docstring.jsonl").read_text())
+    table = pa.table({k: [v] for k, v in row.items() if k not in ("target_class", "target_size", "bbox")}
+                     | {"image": [{"bytes": png, "path": "ade20k_10.png"}]})
+    (tmp_path / "cvbench").mkdir()
+    pq.write_table(table, tmp_path / "cvbench" / "test_2d.parquet")
+    (s,) = get_benchmark("cvbench").load(tmp_path)
+    assert s.gold == "C" and s.image_kind == "bytes" and s.load_image().getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_seedbench_and_vsr_vlmevalkit_tsvs(tmp_path):
+    img = png_b64((6, 6, 6))
+    write_tsv(tmp_path / "SEEDBench_IMG.tsv", [
+        {"index": 1, "image": img, "question": "What is shown?", "A": "a", "B": "b", "C": "c",
+         "D": "d", "answer": "C", "category": "Scene Understanding"}])
+    (s,) = get_benchmark("seedbench").load(tmp_path)
+    assert (s.gold, s.meta["category"]) == ("C", "Scene Understanding")
+    assert s.prompt == "What is shown?\nA. a\nB. b\nC. c\nD. d" + LLAVA_MCQ_SUFFIX
+    write_tsv(tmp_path / "VSR-zeroshot.tsv", [
+        {"index": 0, "image": img, "question": "Is the car behind the suitcase?", "answer": "Yes"}])
+    (v,) = get_benchmark("vsr").load(tmp_path)
+    assert (v.prompt, v.gold) == ("Is the car behind the suitcase?", "Yes")

@@ -228,6 +228,7 @@ class Benchmark:
 
     # -- files
     def search_dirs(self, data_root) -> list[Path]:
+        """``data_root/<subdir>`` for each of ``subdirs`` (default: the name), then ``data_root``."""
         root = Path(data_root)
         dirs = [root / d for d in (self.subdirs or (self.name,))]
         return dirs + [root]
@@ -248,12 +249,15 @@ class Benchmark:
 
     # -- the four steps
     def load(self, data_root) -> list[Sample]:
+        """Every question of the benchmark, read from its published files under ``data_root``."""
         raise NotImplementedError
 
     def parse(self, sample: Sample, raw: str):
+        """The answer the reference harness extracts from ``raw``, or None (unparseable)."""
         raise NotImplementedError
 
     def is_correct(self, sample: Sample, parsed) -> bool:
+        """Whether a parsed answer is right; None never is."""
         return parsed is not None and parsed == sample.gold
 
     def judge(self, sample: Sample, raw) -> tuple:
@@ -270,6 +274,7 @@ class Benchmark:
         return parsed, correct
 
     def metrics(self, records: list[dict]) -> dict:
+        """Every number the benchmark reports for the scored rows (see the module docstring)."""
         return {"accuracy": accuracy(records), "n": len(records),
                 "n_unparsed": count_unparsed(records)}
 

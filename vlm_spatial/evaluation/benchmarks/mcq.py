@@ -5,13 +5,14 @@ Paper-compatible mode = VLMEvalKit with ``--judge exact_matching`` and its LLaVA
 * prompt (``vlmeval/vlm/llava/llava.py::LLaVA.build_prompt``, used because LLaVA's
   ``use_custom_prompt`` is true for every MCQ dataset)::
 
-      [hint\\n]question\\nA. <A>\\nB. <B>...\\nAnswer with the option's letter from the given choices directly.
+      [hint\\n]question\\nA. <A>\\nB. <B>...
+      Answer with the option's letter from the given choices directly.
 
-* parse: ``can_infer`` over the stripped prediction (option letter as a late token, else a
-  unique option text); anything else is VLMEvalKit's ``'Z'`` -- wrong
+* parse: ``can_infer`` over the prediction (the one option letter written as a token, else
+  the one option whose text it contains); anything else is VLMEvalKit's ``'Z'`` -- wrong
   (``vlmeval/dataset/utils/multiple_choice.py::extract_answer_from_item`` with no judge).
 * score: ``hit = (letter == answer)``, accuracy = mean(hit) as a fraction
-  (``report_acc``), per ``category`` / ``l2-category`` / ``split`` where the file has them.
+  (``report_acc``), per ``category`` / ``l2-category`` where the file has them.
 
 Row format (VLMEvalKit TSV): ``index, image (base64), question, A, B, ..., answer,
 [hint], [category], [l2-category], [split]``.
@@ -25,7 +26,8 @@ from .base import Benchmark, Sample, accuracy, count_unparsed, group_accuracy, o
 
 
 def sample_from_vlmevalkit_row(row: dict, meta_keys=("category", "l2-category", "split")) -> Sample:
-    """A VLMEvalKit MCQ TSV row -> Sample with the LLaVA prompt and the gold letter."""
+    """A VLMEvalKit MCQ TSV row -> Sample with the LLaVA prompt, the gold letter and the base64
+    image; ``meta_keys`` columns that are present go to ``meta``."""
     options = option_columns(row)
     hint = row.get("hint") or None
     meta = {k: row[k] for k in meta_keys if row.get(k) is not None}

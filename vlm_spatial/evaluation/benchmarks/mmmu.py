@@ -33,7 +33,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import random
-from pathlib import Path
 
 from .answer_parsing import (LETTERS, llava_mcq_prompt, mmmu_eval_open, mmmu_parse_multi_choice,
                              mmmu_parse_open)
