@@ -32,5 +32,8 @@ setup(
         "dev": [TORCH, "pytest", "pytest-xdist"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
+        # the synthetic set as a TFDS ArrayRecord dataset (no TensorFlow; ~216 MB, mostly pyarrow);
+        # importlib_resources: tensorflow-datasets 4.9.10 imports it without declaring it (tfds #11212)
+        "tfds": ["tensorflow-datasets>=4.9.10", "importlib_resources"],
     },
 )

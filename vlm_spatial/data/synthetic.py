@@ -4,16 +4,16 @@ Images: ``image_size`` x ``image_size`` (default 32) PNGs of a few large, distin
 shapes (square / circle / triangle; 6 colours, never two objects of one colour in a scene) on a dark
 background. Every question has one fixed phrasing per family and a one-word answer:
 
-=============  ===========================================================  ==================
+=============  ===========================================================  ========================
 family         question (``A``, ``B``, ``C`` are "<colour> <shape>")          answers
-=============  ===========================================================  ==================
+=============  ===========================================================  ========================
 left_right     Is the A to the left or right of the B?                      left / right
 above_below    Is the A above or below the B?                               above / below
 closer         Which is closer to the A, the B or the C?                    colour of B or C
-count          How many <shape>s are there?                                 1 / 2 / 3
+count          How many <shape>s are there?                                 1-3 (0-4 in extra turns)
 relation_mc    CV-Bench-2D relation style, options (A)/(B)                  A / B
 exists         Is there a <colour> <shape>?  (optional family)              yes / no
-=============  ===========================================================  ==================
+=============  ===========================================================  ========================
 
 Answers are balanced by construction (the wanted answer is drawn first, then the scene/names are
 arranged to give it), spatial questions need a clear margin (``>= 0.2 * image_size`` between
