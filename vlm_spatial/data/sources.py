@@ -31,18 +31,15 @@ _WS = " \t\r\n"
 def _index_json_array(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Byte (start, length) of each top-level element of a JSON array file."""
     with open(path, "rb") as f:
-        raw = f.read()
-    text = raw.decode("utf-8")
+        text = f.read().decode("utf-8")
     starts, lengths = [], []
-    pos = 0
-    byte_pos = 0
 
     def skip_ws(p):
         while p < len(text) and text[p] in _WS:
             p += 1
         return p
 
-    pos = skip_ws(pos)
+    pos = skip_ws(1 if text.startswith("\ufeff") else 0)  # a UTF-8 byte-order mark is 3 bytes
     if pos >= len(text) or text[pos] != "[":
         raise ValueError(f"{path}: a .json LLaVA file must hold one top-level array")
     pos = skip_ws(pos + 1)
@@ -50,7 +47,10 @@ def _index_json_array(path: str) -> tuple[np.ndarray, np.ndarray]:
     if pos < len(text) and text[pos] == "]":
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     while True:
-        _, end = _DECODER.raw_decode(text, pos)
+        try:
+            _, end = _DECODER.raw_decode(text, pos)
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid JSON in record {len(starts)} (char {pos}): {e}") from None
         nbytes = len(text[pos:end].encode("utf-8"))
         starts.append(byte_pos)
         lengths.append(nbytes)
