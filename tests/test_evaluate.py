@@ -33,7 +33,7 @@ def tiny_checkpoint(data_root, tmp_path_factory):
                              image_token_id=tok.convert_tokens_to_ids(IMAGE_MARKER))
     params = nnx.to_pure_dict(nnx.state(VLM(cfg, rngs=nnx.Rngs(0))))
     path = tmp_path_factory.mktemp("ckpt") / "model"
-    checkpoint.write_model(str(path), cfg, params, str(data_root / "tokenizer"))
+    checkpoint.write_model(str(path), cfg, params, tok)
     return path
 
 

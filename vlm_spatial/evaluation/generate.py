@@ -194,14 +194,15 @@ def generate_tokens(
     `attention_mask [B,T]` marks real tokens; `images` the image fields of the batch (module
     docstring) or None for text-only batches. After a row has finished (EOS or a stop sequence)
     the rest of it is EOS. With `mesh`, rows are padded to a multiple of its batch shards and
-    the batch is sharded over them; the result is the same as unsharded.
+    the batch is sharded over them; the result is the same as unsharded. On several hosts every
+    process passes the same whole batch and gets all of the tokens back.
     """
     b = input_ids.shape[0]
     batch = {"input_ids": np.asarray(input_ids, np.int32), "attention_mask": np.asarray(attention_mask, np.int32)}
     batch.update({k: np.asarray(v) for k, v in (images or {}).items()})
     if mesh is not None:
         rows = -(-b // parallel.batch_divisor(mesh)) * parallel.batch_divisor(mesh)
-        batch = parallel.shard_batch({k: _pad_rows(v, rows) for k, v in batch.items()}, mesh)
+        batch = {k: _global_array(_pad_rows(v, rows), mesh) for k, v in batch.items()}
     else:
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
@@ -212,7 +213,17 @@ def generate_tokens(
         max_new_tokens=decode.max_new_tokens, greedy=decode.temperature == 0.0,
         stop_sequences=decode.stop_sequences, mesh=mesh,
     )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tokens = multihost_utils.process_allgather(tokens, tiled=True)
     return np.asarray(tokens)[:b]
+
+
+def _global_array(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """`x` (the same whole batch on every process) as one array sharded over the mesh's batch shards."""
+    sharding = NamedSharding(mesh, parallel.batch_spec(x.ndim))
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def truncate(tokens: Sequence[int], eos_token_id: int) -> list[int]:

@@ -15,6 +15,9 @@ Outputs under ``out_dir``:
 * ``<benchmark>/metrics.json``; for the whole run ``metrics.json`` ({benchmark: metrics}) and
   ``report.md`` (this run beside the paper's numbers for the variant; see ``report.py``).
 
+On several hosts (the training mesh of a multi-host run) every process runs the same questions
+in lockstep and only the first writes; ``out_dir`` must be on a filesystem they share.
+
 ``score_predictions`` re-scores predictions without a model: rows are keyed by ``qid`` (or
 ``question_id`` / ``questionId`` / ``index`` / ``id``) and the raw output is read from
 ``raw_output`` (or ``prediction`` / ``text`` / ``response`` / ``output``), so LLaVA answer files
@@ -129,21 +132,39 @@ def _write_json(path: Path, obj) -> None:
         json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
+def _is_writer() -> bool:
+    """Only the first process writes files (every process of a multi-host run asks the same questions)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _resume(bench: Benchmark, samples: list[Sample], pred_path: Path) -> dict:
     """{qid: row} of this run's questions already answered in ``pred_path``. The file is rewritten
     with its readable rows in order (a line torn by a kill is dropped); rows whose prompt differs
     from this run's (another prompt style or data version) are refused."""
+    if pred_path.exists() and _is_writer():
+        rows = read_jsonl(pred_path)
+        with open(pred_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    _barrier(f"resume {pred_path}")  # multi-host: every process reads the repaired file
     if not pred_path.exists():
         return {}
-    rows = read_jsonl(pred_path)
     by_qid = {s.qid: s for s in samples}
-    done = {q: r for q, r in key_rows(rows).items() if q in by_qid}
+    done = {q: r for q, r in key_rows(read_jsonl(pred_path)).items() if q in by_qid}
     stale = [q for q, r in done.items() if r.get("prompt") != by_qid[q].prompt]
     if stale:
         raise ValueError(f"{pred_path} was written with other prompts (e.g. question {stale[0]!r}); "
                          "use another --out or delete the file to start this benchmark afresh")
-    with open(pred_path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     log.info("%s: resuming, %d of %d already answered", bench.name, len(done), len(samples))
     return done
 
@@ -158,8 +179,10 @@ def run_benchmark(bench: Benchmark, samples: list[Sample], predict: Predictor, o
     done = {q: _first(r, RAW_FIELDS) for q, r in _resume(bench, samples, pred_path).items()}
     todo = [s for s in samples if s.qid not in done]
     mnt = max_new_tokens or bench.max_new_tokens
-    with open(pred_path, "a", encoding="utf-8") as f, \
-            tqdm(total=len(samples), initial=len(samples) - len(todo), desc=bench.name, unit="q") as bar:
+    writer = _is_writer()
+    with open(pred_path if writer else os.devnull, "a", encoding="utf-8") as f, \
+            tqdm(total=len(samples), initial=len(samples) - len(todo), desc=bench.name, unit="q",
+                 disable=not writer) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
             outs = list(predict(batch, mnt))
@@ -171,7 +194,8 @@ def run_benchmark(bench: Benchmark, samples: list[Sample], predict: Predictor, o
             f.flush()
             bar.update(len(batch))
     _, metrics = score_predictions(bench, samples, done)
-    _write_json(bdir / "metrics.json", metrics)
+    if writer:
+        _write_json(bdir / "metrics.json", metrics)
     return metrics
 
 
@@ -188,6 +212,8 @@ def load_benchmarks(names: Sequence[str], data_root, limit: Optional[int] = None
 
 def write_outputs(results: dict, out_dir, variant: Optional[str] = None) -> None:
     """``metrics.json`` and ``report.md`` of ``results`` ({name: {"benchmark", "metrics"}})."""
+    if not _is_writer():
+        return
     out_dir = Path(out_dir)
     _write_json(out_dir / "metrics.json", {k: v["metrics"] for k, v in results.items()})
     (out_dir / "report.md").write_text(markdown_report(results, variant), encoding="utf-8")
