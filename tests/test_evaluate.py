@@ -11,6 +11,7 @@ from vlm_spatial import checkpoint
 from vlm_spatial.data import synthetic
 from vlm_spatial.data.templates import IMAGE_MARKER, load_tokenizer
 from vlm_spatial.evaluate import main
+from vlm_spatial.evaluation import generate as gen
 from vlm_spatial.evaluation import runner
 from vlm_spatial.models import presets
 from vlm_spatial.models.vlm import VLM
@@ -37,7 +38,7 @@ def tiny_checkpoint(data_root, tmp_path_factory):
     return path
 
 
-def test_cli_end_to_end_on_the_synthetic_set(data_root, tiny_checkpoint, tmp_path, capsys):
+def test_cli_end_to_end_on_the_synthetic_set(data_root, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "eval"
     assert main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "synthetic",
                  "--data_root", str(data_root), "--out", str(out)]) == 0
@@ -62,10 +63,14 @@ def test_cli_end_to_end_on_the_synthetic_set(data_root, tiny_checkpoint, tmp_pat
     assert json.loads(capsys.readouterr().out) == metrics
 
     # sharded on a (2, 2, 2) mesh of the 8 fake devices: the same answers
+    meshes = []
+    real = gen.generate_tokens
+    monkeypatch.setattr(gen, "generate_tokens", lambda *a, **k: meshes.append(k["mesh"]) or real(*a, **k))
     assert main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "synthetic", "--mesh", "2,2,2",
                  "--data_root", str(data_root), "--out", str(tmp_path / "sharded"), "--limit", "8"]) == 0
     capsys.readouterr()
     assert runner.read_jsonl(tmp_path / "sharded" / "synthetic" / "predictions.jsonl") == rows[:8]
+    assert meshes and all(m is not None and m.size == 8 for m in meshes)
 
     # multiple choice by option log-likelihood: every relation_mc answer is an option letter
     assert main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "synthetic", "--mcq", "likelihood",

@@ -286,16 +286,6 @@ def vlm_predictor(vlm, mcq: str = "generate") -> Predictor:
     return predict
 
 
-def _read_model_config(checkpoint: str):
-    if os.path.isfile(os.path.join(checkpoint, "config.json")):
-        from vlm_spatial.convert import hf_io, hf_llava
-
-        return hf_llava.config_from_hf(hf_io.read_config(checkpoint))
-    from vlm_spatial import checkpoint as ckpt
-
-    return ckpt.read_config(checkpoint)
-
-
 def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, out_dir, *,
                         variant: Optional[str] = None, batch_size: int = 8, limit: Optional[int] = None,
                         max_new_tokens: Optional[int] = None, mesh=None, mcq: str = "generate",
@@ -312,19 +302,10 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     ``dtype``: compute dtype override (e.g. 'bfloat16'). ``options``: benchmark options.
     """
     import vlm_spatial
-    from flax import nnx
-
-    from vlm_spatial import parallel
-    from vlm_spatial.models.vlm import VLM
 
     loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
-    cfg = _read_model_config(checkpoint)
-    shardings = None
-    if mesh is not None:
-        abstract = nnx.state(nnx.eval_shape(lambda: VLM(cfg, rngs=nnx.Rngs(0))))
-        shardings = parallel.param_shardings(abstract, mesh)
-    vlm = vlm_spatial.load(checkpoint, dtype=dtype, shardings=shardings)
-    variant = variant or paper_variant(cfg)
+    vlm = vlm_spatial.load(checkpoint, dtype=dtype, mesh=mesh)
+    variant = variant or paper_variant(vlm.config)
     log.info("evaluating %s as paper variant %s on %s", checkpoint, variant, ", ".join(loaded))
     return run(loaded, out_dir, vlm_predictor(vlm, mcq), variant=variant, batch_size=batch_size,
                max_new_tokens=max_new_tokens)
