@@ -123,7 +123,9 @@ def expand_to_square(img: Image.Image, background: tuple[int, int, int]) -> Imag
 def _normalise(arr_uint8: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     scale = (1.0 / (255.0 * cfg.std)).astype(np.float32)
     shift = (cfg.mean / cfg.std).astype(np.float32)
-    out = arr_uint8.astype(np.float32) * scale - shift
+    out = arr_uint8.astype(np.float32)
+    out *= scale  # in place: no float temporaries of the image size
+    out -= shift
     return out.astype(cfg.np_dtype, copy=False)
 
 

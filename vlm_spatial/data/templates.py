@@ -219,23 +219,26 @@ class ConversationEncoder:
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, int | None]:
         """``(ids int32 [L], is_target bool [L], index after the image slots or None)``."""
-        ids: list[int] = [] if self.bos_id is None else [int(self.bos_id)]
-        target: list[bool] = [False] * len(ids)
+        ids = [np.asarray([] if self.bos_id is None else [self.bos_id], np.int32)]
+        target = [np.zeros(len(ids[0]), bool)]
         image_end = None
         pos = 0
         for k, piece in enumerate(text.split(IMAGE_MARKER)):
             if k:
-                ids += [self.image_token_id] * self.num_image_tokens
-                target += [False] * self.num_image_tokens
-                image_end = len(ids)
+                ids.append(np.full(self.num_image_tokens, self.image_token_id, np.int32))
+                target.append(np.zeros(self.num_image_tokens, bool))
+                image_end = sum(len(x) for x in ids)
                 pos += len(IMAGE_MARKER)
             enc = self._backend.encode(piece, add_special_tokens=False)
-            for tid, (s, e) in zip(enc.ids, enc.offsets):
-                s, e = s + pos, e + pos
-                ids.append(tid)
-                target.append(any((s < te and e > ts) or (s == e and ts <= s < te) for ts, te in spans))
+            offsets = np.asarray(enc.offsets, np.int64).reshape(-1, 2) + pos
+            s, e = offsets[:, 0], offsets[:, 1]
+            hit = np.zeros(len(s), bool)
+            for ts, te in spans:  # overlaps the span (or is an empty token inside it)
+                hit |= ((s < te) & (e > ts)) | ((s == e) & (s >= ts) & (s < te))
+            ids.append(np.asarray(enc.ids, np.int32))
+            target.append(hit)
             pos += len(piece)
-        return np.asarray(ids, np.int32), np.asarray(target, bool), image_end
+        return np.concatenate(ids), np.concatenate(target), image_end
 
     def encode(self, record: dict, has_image: bool, rid: str = "?") -> dict[str, np.ndarray]:
         """Returns ``{"input_ids": int32 [L], "labels": int32 [L]}``; raises BadRecordError."""
