@@ -7,8 +7,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
-from vlm_spatial.data.preprocess import ImageConfig, expand_to_square, image_for_encoder, preprocess_image
-from vlm_spatial.models.vision import VisionConfig
+from vlm_spatial.data.preprocess import ImageConfig, expand_to_square, preprocess_image
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +53,3 @@ def test_siglip2_naflex(photo):
     np.testing.assert_array_equal(ours["pixel_attention_mask"], ref["pixel_attention_mask"][0])
     np.testing.assert_allclose(ours["pixel_values"], ref["pixel_values"][0], atol=2e-6)
 
-
-def test_image_for_encoder_follows_the_vision_config(photo):
-    cfg = VisionConfig(family="siglip", image_size=32, patch_size=8)
-    np.testing.assert_array_equal(image_for_encoder(np.asarray(photo), cfg),
-                                  preprocess_image(photo, ImageConfig("siglip", 32, "resize")))

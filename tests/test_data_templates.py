@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from vlm_spatial.data import synthetic
 from vlm_spatial.data.bad_records import BadRecordError
 from vlm_spatial.data.templates import (IGNORE_INDEX, VICUNA_SYSTEM, ConversationEncoder, load_tokenizer,
-                                        prompt_ids, render, validate_turns)
+                                        render, validate_turns)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
 IMG = 999  # the model's image token id (outside the tokenizer's vocabulary on purpose)
@@ -135,15 +135,15 @@ def test_truncation_never_cuts_the_image_slots(word_tok):
 
 
 def test_prompt_is_the_training_prefix(word_tok):
+    """encode_prompt (generation) with an already loaded tokenizer, as the inference API uses it."""
     tok = load_tokenizer(word_tok)
-    for r in P665:
-        out = encode(word_tok, "vicuna_v1", r)
-        first = int(np.flatnonzero(out["labels"] != IGNORE_INDEX)[0])
-        ids = prompt_ids(tok, r["conversations"][0]["value"], has_image="image" in r, template="vicuna_v1",
-                         num_image_tokens=N_SLOTS, image_token_id=IMG)
-        np.testing.assert_array_equal(ids, out["input_ids"][:first])
-    ids = prompt_ids(tok, "ignored", has_image=True, template="plain", num_image_tokens=N_SLOTS, image_token_id=IMG)
-    assert ids.tolist() == [tok.bos_token_id] + [IMG] * N_SLOTS
+    for template in ("vicuna_v1", "plain"):
+        enc = ConversationEncoder(tok, template, None, N_SLOTS, IMG)
+        for r in P665 if template == "vicuna_v1" else P558:
+            out = encode(word_tok, template, r)
+            first = int(np.flatnonzero(out["labels"] != IGNORE_INDEX)[0])
+            ids = enc.encode_prompt(r["conversations"][0]["value"], has_image="image" in r)
+            np.testing.assert_array_equal(ids, out["input_ids"][:first])
 
 
 @pytest.fixture(scope="module")

@@ -85,14 +85,6 @@ class ImageConfig:
     def from_dict(cls, d: dict) -> "ImageConfig":
         return cls(**d)
 
-    @classmethod
-    def for_vision(cls, vision_cfg, resize_mode: str = "resize", dtype: str = "float32") -> "ImageConfig":
-        """The preprocessing a ``VisionConfig`` expects: its family's norms, its ``image_size``
-        (or NaFlex ``patch_size``/``max_num_patches``)."""
-        return cls(encoder=vision_cfg.family, image_size=vision_cfg.image_size, resize_mode=resize_mode,
-                   naflex=vision_cfg.naflex, patch_size=vision_cfg.patch_size,
-                   max_num_patches=vision_cfg.max_num_patches, dtype=dtype)
-
 
 def load_image(src: Any, draft_size: int | None = None) -> Image.Image:
     """Decodes a path, bytes or HWC uint8 array into an RGB PIL image (fully decoded; raises
@@ -190,9 +182,3 @@ def blank_image(cfg: ImageConfig):
                 "pixel_attention_mask": np.zeros(cfg.max_num_patches, np.int32),
                 "spatial_shapes": np.zeros(2, np.int32)}
     return np.zeros((cfg.size, cfg.size, 3), cfg.np_dtype)
-
-
-def image_for_encoder(image: Any, vision_cfg):
-    """One image (PIL / HWC uint8 array / path / bytes) preprocessed for a ``VisionConfig``
-    (:meth:`ImageConfig.for_vision`, fixed resize): float32 ``[S, S, 3]`` or the NaFlex dict."""
-    return preprocess_image(image, ImageConfig.for_vision(vision_cfg))

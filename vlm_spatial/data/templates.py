@@ -260,11 +260,3 @@ class ConversationEncoder:
         """Generation prompt for one question (:func:`render_prompt`): int32 ``[L]``, image
         marker expanded to ``num_image_tokens`` slots as in :meth:`encode`."""
         return self._tokenize(render_prompt(question, self.template, has_image), [])[0]
-
-
-def prompt_ids(tokenizer, prompt: str, *, has_image: bool, template: str, num_image_tokens: int,
-               image_token_id: int) -> np.ndarray:
-    """Generation prompt ids (int32 ``[L]``) for ``prompt`` with a loaded fast HF ``tokenizer``;
-    the same tokens the training template gives the question (see :func:`render_prompt`)."""
-    enc = ConversationEncoder(tokenizer, template, None, num_image_tokens, image_token_id)
-    return enc.encode_prompt(prompt, has_image)
