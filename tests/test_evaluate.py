@@ -125,8 +125,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(data_root, tmp_path
         runner.run(loaded, resumed, scripted([]), batch_size=4)
 
 
-def test_missing_benchmark_file_is_named_before_the_model_loads(tmp_path, capsys):
+def test_missing_file_unknown_variant_and_benchmark_fail_before_the_model_loads(tmp_path, capsys):
     code = main(["--checkpoint", str(tmp_path / "no-such-model"), "--benchmarks", "synthetic",
                  "--data_root", str(tmp_path), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "test_eval.json" in err and str(tmp_path / "synthetic") in err
+    # so do an unknown paper variant and an unknown benchmark, before any file is read
+    assert main(["score", "--benchmark", "synthetic", "--predictions", "x.jsonl", "--data_root", str(tmp_path),
+                 "--variant", "LLaVA-9"]) == 2
+    assert main(["--checkpoint", "x", "--benchmarks", "synthetic,mmvpp", "--data_root", "x", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown paper variant 'LLaVA-9'" in err and "aimv2_2drope" in err and "unknown benchmark 'mmvpp'" in err

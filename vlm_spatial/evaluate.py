@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the paper's benchmarks, or re-score an existing predictions file.
 
     python -m vlm_spatial.evaluate --checkpoint CKPT --benchmarks mmvp,cvbench,gqa \\
-        --data_root DIR --out DIR [--variant LLaVA-AIMv2-2D-RoPE] [--batch_size 8] [--limit N]
+        --data_root DIR --out DIR [--variant aimv2_2drope] [--batch_size 8] [--limit N]
         [--max_new_tokens N] [--mcq generate|likelihood] [--dtype bfloat16] [--mesh data,fsdp,tensor]
     python -m vlm_spatial.evaluate score --benchmark gqa --predictions FILE --data_root DIR \\
         [--out DIR] [--variant NAME] [--allow_missing]
@@ -41,7 +41,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m vlm_spatial.evaluate{' score' if cmd == 'score' else ''}",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--data_root", required=True, help="directory holding the benchmark files")
-    p.add_argument("--variant", default=None, help="paper row to compare with, e.g. LLaVA-1.5")
+    p.add_argument("--variant", default=None, help="paper variant to compare with: a config name (aimv2_2drope) or a table row (LLaVA-1.5)")
     p.add_argument("--option", action="append", help="benchmark option key=value, e.g. prompt_style=official")
     if cmd == "score":
         p.add_argument("--benchmark", required=True)
@@ -63,17 +63,26 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """CLI entry point; returns the exit status (2 when a benchmark file is missing)."""
+    """CLI entry point; returns the exit status (2 for an unknown benchmark or variant, or a
+    missing benchmark file)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from vlm_spatial.evaluation import runner
-    from vlm_spatial.evaluation.benchmarks import BenchmarkFileMissing, list_benchmarks
+    from vlm_spatial.evaluation.benchmarks import BenchmarkFileMissing, get_benchmark, list_benchmarks
 
     cmd = argv.pop(0) if argv and argv[0] in ("run", "score", "list") else "run"
     if cmd == "list":
         print("\n".join(list_benchmarks()))
         return 0
     args = _parser(cmd).parse_args(argv)
+    names = [args.benchmark] if cmd == "score" else [b for b in args.benchmarks.split(",") if b]
+    try:  # names first: a typo fails before any file or model is read
+        runner.check_variant(args.variant)
+        for name in names:
+            get_benchmark(name)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
     try:
         if cmd == "score":
             metrics = runner.score_file(args.benchmark, args.predictions, args.data_root, args.out,
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
 
                 mesh = parallel.make_mesh(*(int(x) for x in args.mesh.split(",")))
             metrics = runner.evaluate_checkpoint(
-                args.checkpoint, [b for b in args.benchmarks.split(",") if b], args.data_root, args.out,
+                args.checkpoint, names, args.data_root, args.out,
                 variant=args.variant, batch_size=args.batch_size, limit=args.limit,
                 max_new_tokens=args.max_new_tokens, mesh=mesh, mcq=args.mcq, dtype=args.dtype,
                 **_options(args))

@@ -36,21 +36,13 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from vlm_spatial.evaluation.benchmarks.base import Benchmark, Sample, dedupe_qids, get_benchmark
-from vlm_spatial.evaluation.report import markdown_report
+from vlm_spatial.evaluation.report import load_paper_results, markdown_report, paper_rows
 
 log = logging.getLogger(__name__)
 
 QID_FIELDS = ("qid", "question_id", "questionId", "index", "id")
 RAW_FIELDS = ("raw_output", "prediction", "text", "response", "output")
 PUBLIC_FIELDS = ("qid", "prompt", "raw_output", "parsed", "gold", "correct")
-
-# The paper's row for each (encoder family, 2D-RoPE) of a checkpoint (Tables 1, 2, 4, 5).
-PAPER_VARIANTS = {
-    ("clip", False): "LLaVA-1.5", ("clip", True): "LLaVA-2D-RoPE",
-    ("siglip", False): "LLaVA-SigLIP", ("siglip", True): "LLaVA-SigLIP-2D-RoPE",
-    ("siglip2", False): "LLaVA-SigLIP2", ("siglip2", True): "LLaVA-SigLIP2-2D-RoPE",
-    ("aimv2", False): "LLaVA-AIMv2", ("aimv2", True): "LLaVA-AIMv2-2D-RoPE",
-}
 
 Predictor = Callable[[list, int], list]
 
@@ -237,6 +229,7 @@ def score_file(benchmark: str, predictions_path, data_root, out_dir=None, varian
                allow_missing: bool = False, **options) -> dict:
     """Metrics of an existing predictions file (ours or another tool's) for ``benchmark``; with
     ``out_dir`` also writes ``<name>/scored_predictions.jsonl``, ``metrics.json``, ``report.md``."""
+    check_variant(variant)
     bench = get_benchmark(benchmark, **options)
     samples = dedupe_qids(bench.load(data_root))
     records, metrics = score_predictions(bench, samples, key_predictions(read_jsonl(predictions_path)),
@@ -252,8 +245,15 @@ def score_file(benchmark: str, predictions_path, data_root, out_dir=None, varian
 
 
 def paper_variant(cfg) -> str:
-    """The paper's row for a model config: its encoder family and whether it has 2D-RoPE."""
-    return PAPER_VARIANTS[(cfg.vision.family, bool(cfg.vision.rope2d))]
+    """The paper variant of a model config (a key of ``paper_results.json``'s ``variants``, as
+    the config files are named): its encoder family, ``_2drope`` when the encoder has 2D-RoPE."""
+    return cfg.vision.family + ("_2drope" if cfg.vision.rope2d else "")
+
+
+def check_variant(variant: Optional[str]) -> None:
+    """Fail now, not after a long run, when ``variant`` names no row of the paper's tables."""
+    if variant is not None:
+        paper_rows(load_paper_results(), variant)
 
 
 def vlm_predictor(vlm, mcq: str = "generate") -> Predictor:
@@ -295,14 +295,15 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     ``checkpoint``: a vlm_spatial checkpoint, training workdir or Hugging Face LLaVA directory.
     ``benchmarks``: registry names (``python -m vlm_spatial.evaluate list``); their files are
     read from ``data_root`` first, so a missing one fails before the model loads.
-    ``variant``: the paper row to compare with (default: from the checkpoint's encoder family
-    and 2D-RoPE, see `PAPER_VARIANTS`). ``mesh``: shard params and batches on it (e.g. the
-    training mesh); None = one device. ``limit``: the first N questions of each benchmark.
+    ``variant``: the paper row to compare with, a config name ('aimv2_2drope') or a table row
+    name ('LLaVA-AIMv2-2D-RoPE'); default: `paper_variant` of the checkpoint's config. ``mesh``:
+    shard params and batches on it (e.g. the training mesh); None = `vlm_spatial.load`'s default. ``limit``: the first N questions of each benchmark.
     ``max_new_tokens``: overrides each benchmark's own. ``mcq``: see `vlm_predictor`.
     ``dtype``: compute dtype override (e.g. 'bfloat16'). ``options``: benchmark options.
     """
     import vlm_spatial
 
+    check_variant(variant)
     loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
     vlm = vlm_spatial.load(checkpoint, dtype=dtype, mesh=mesh)
     variant = variant or paper_variant(vlm.config)
