@@ -77,6 +77,21 @@ def test_batches_follow_the_contract(llava_dir):
             assert (b["labels"][i][slots] == -100).all() and (b["labels"][i] != -100).any()
 
 
+def test_naflex_batches(llava_dir):
+    """SigLIP2-NaFlex: patches, mask and grid per row; a text-only row gets a valid all-zero grid."""
+    with _pipeline(llava_dir, ["llava_v1_5_mix665k_sample.json"], global_batch_size=4, max_len=128,
+                   image={"encoder": "siglip2", "naflex": True, "patch_size": 8, "max_num_patches": 16}) as it:
+        (b,) = list(it)
+    assert b["pixel_values"].shape == (4, 16, 8 * 8 * 3) and b["pixel_attention_mask"].shape == (4, 16)
+    text_only = (b["input_ids"] == IMG).sum(1) == 0
+    assert text_only.sum() == 1
+    # 30x40 JPEGs keep their 3:4 aspect: 3x4 patches of 8 px; the text-only row a zero 4x4 grid
+    assert b["spatial_shapes"][~text_only].tolist() == [[3, 4]] * 3
+    assert b["spatial_shapes"][text_only].tolist() == [[4, 4]]
+    np.testing.assert_array_equal(b["pixel_attention_mask"].sum(1), np.where(text_only, 16, 12))
+    assert not b["pixel_values"][text_only].any()
+
+
 def test_bad_records_are_counted_and_named(llava_dir, caplog):
     bad_ids = {"bad_missing_image": "missing_image", "bad_corrupt_image": "corrupt_image",
                "bad_no_conversations": "no_conversations", "bad_marker_without_image": "marker_without_image",

@@ -175,10 +175,15 @@ def preprocess_image(src: Any, cfg: ImageConfig):
 
 
 def blank_image(cfg: ImageConfig):
-    """The all-zero input of a text-only row (same shapes/dtypes as :func:`preprocess_image`)."""
+    """The all-zero input of a text-only row (same shapes/dtypes as :func:`preprocess_image`).
+
+    Like LLaVA's zero image it is a valid image, so the encoder's (unused) features stay finite:
+    with NaFlex a square ``s x s`` patch grid, ``s = floor(sqrt(max_num_patches))``, never a 0 x 0 one.
+    """
     if cfg.naflex:
-        p = cfg.patch_size
+        p, side = cfg.patch_size, math.isqrt(cfg.max_num_patches)
+        mask = np.zeros(cfg.max_num_patches, np.int32)
+        mask[: side * side] = 1
         return {"pixel_values": np.zeros((cfg.max_num_patches, p * p * 3), cfg.np_dtype),
-                "pixel_attention_mask": np.zeros(cfg.max_num_patches, np.int32),
-                "spatial_shapes": np.zeros(2, np.int32)}
+                "pixel_attention_mask": mask, "spatial_shapes": np.asarray([side, side], np.int32)}
     return np.zeros((cfg.size, cfg.size, 3), cfg.np_dtype)
