@@ -187,6 +187,8 @@ def test_restored_iterator_yields_exactly_the_uninterrupted_batches(synth_dir):
         it.set_state(state)
         tail = list(it)
     _assert_same(head + tail, ref)
+    with _synth_pipeline(synth_dir, 0) as it, pytest.raises(ValueError, match="num_workers=2; this pipeline has num_workers=0"):
+        it.set_state(state)
     with _synth_pipeline(synth_dir, 0) as it:
         for _ in range(7):
             next(it)

@@ -124,14 +124,17 @@ BAD_RECORD_POLICIES = ("skip", "raise")
 class PipelineIterator(grain.DatasetIterator):
     """Pulls examples, counts/drops bad-record markers, and yields padded batches.
 
-    State: ``{"parent": <grain state>, "bad_records": <counters>}`` (JSON-serialisable), taken at
-    batch boundaries, so ``set_state(get_state())`` on a fresh pipeline continues with exactly the
-    batch the saved one would have yielded next. ``close()`` (or ``with``) stops worker processes.
+    State: ``{"parent": <grain state>, "bad_records": <counters>, "num_workers": n}``
+    (JSON-serialisable), taken at batch boundaries, so ``set_state(get_state())`` on a fresh
+    pipeline built with the same arguments continues with exactly the batch the saved one would
+    have yielded next (grain's state holds per-worker positions, so ``num_workers`` must match).
+    ``close()`` (or ``with``) stops worker processes.
     """
 
     def __init__(self, parent, batch_size: int, bucket_lengths: Sequence[int], pad_id: int,
-                 on_bad_record: str, drop_remainder: bool):
+                 on_bad_record: str, drop_remainder: bool, num_workers: int):
         super().__init__(parent)
+        self.num_workers = num_workers
         self.batch_size = batch_size
         self.bucket_lengths = list(bucket_lengths)
         self.pad_id = pad_id
@@ -165,9 +168,13 @@ class PipelineIterator(grain.DatasetIterator):
         return collate(rows, self.bucket_lengths, self.pad_id)
 
     def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "bad_records": self.bad_records.get_state()}
+        return {"parent": self._parent.get_state(), "bad_records": self.bad_records.get_state(),
+                "num_workers": self.num_workers}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if state["num_workers"] != self.num_workers:
+            raise ValueError(f"data iterator state was saved with num_workers={state['num_workers']}; "
+                             f"this pipeline has num_workers={self.num_workers} (they must match to resume)")
         self._parent.set_state(state["parent"])
         self.bad_records.set_state(state["bad_records"])
         self._finished = False
@@ -270,7 +277,8 @@ def build_train_dataset(
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return _PipelineDataset(ds, batch_size=global_batch_size // shard_count,
                             bucket_lengths=_bucket_list(bucket_lengths, max_len),
-                            pad_id=encoder.pad_id, on_bad_record=on_bad_record, drop_remainder=drop_remainder)
+                            pad_id=encoder.pad_id, on_bad_record=on_bad_record, drop_remainder=drop_remainder,
+                            num_workers=num_workers)
 
 
 def build_train_pipeline(**kwargs) -> PipelineIterator:
