@@ -48,7 +48,6 @@ class ImageConfig:
     patch_size: int = 16
     max_num_patches: int = 256
     dtype: str = "float32"  # or "bfloat16"
-    jpeg_draft: bool = False  # let libjpeg decode at a reduced scale when the image is much larger
 
     def __post_init__(self):
         if self.encoder not in NORMS:
@@ -86,7 +85,7 @@ class ImageConfig:
         return cls(**d)
 
 
-def load_image(src: Any, draft_size: int | None = None) -> Image.Image:
+def load_image(src: Any) -> Image.Image:
     """Decodes a path, bytes or HWC uint8 array into an RGB PIL image (fully decoded; raises
     ``FileNotFoundError`` for a missing file and ``OSError``/``ValueError`` for a corrupt one)."""
     if isinstance(src, np.ndarray):
@@ -95,8 +94,6 @@ def load_image(src: Any, draft_size: int | None = None) -> Image.Image:
         img = Image.open(io.BytesIO(src))
     else:
         img = Image.open(os.fspath(src))
-    if draft_size and img.format == "JPEG":
-        img.draft("RGB", (draft_size, draft_size))
     img.load()
     return img.convert("RGB")
 
@@ -162,7 +159,7 @@ def preprocess_image(src: Any, cfg: ImageConfig):
     Returns float32 (or bfloat16) ``[S, S, 3]`` normalised NHWC pixels, or with ``cfg.naflex`` the
     dict of :func:`naflex_patchify`.
     """
-    img = src if isinstance(src, Image.Image) else load_image(src, cfg.size if cfg.jpeg_draft else None)
+    img = src if isinstance(src, Image.Image) else load_image(src)
     img = img.convert("RGB")
     if cfg.naflex:
         return naflex_patchify(img, cfg)
