@@ -12,7 +12,7 @@ to :class:`BadRecordStats`, which
 * exposes the totals as scalar metrics (:meth:`BadRecordStats.as_metrics`), and
 * round-trips through the checkpointed iterator state (:meth:`get_state` / :meth:`set_state`).
 
-With ``strict=True`` the pipeline re-raises the error (the message names the record id) instead.
+With ``on_bad_record="raise"`` the pipeline re-raises the error (the message names the record id) instead.
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ class BadRecordError(ValueError):
 
 
 def is_bad_marker(element: Any) -> bool:
+    """True for the marker a rejected record becomes in the pipeline (see ``to_marker``)."""
     return isinstance(element, dict) and "_bad" in element
 
 
@@ -103,6 +104,7 @@ class BadRecordStats:
         return sum(self.total.values())
 
     def summary(self, counts: collections.Counter | None = None) -> str:
+        """One line: how many records were skipped per reason, with example ids (default: totals)."""
         counts = self.total if counts is None else counts
         if not sum(counts.values()):
             return "no records skipped"
@@ -124,10 +126,12 @@ class BadRecordStats:
         return out
 
     def get_state(self) -> dict:
+        """The counters as a JSON-serialisable dict (saved with the data iterator's state)."""
         return {"total": dict(self.total), "epoch": dict(self.epoch), "examples": dict(self.examples),
                 "current_epoch": self.current_epoch}
 
     def set_state(self, state: dict) -> None:
+        """Restores the counters saved by :meth:`get_state`."""
         self.total = collections.Counter(state.get("total", {}))
         self.epoch = collections.Counter(state.get("epoch", {}))
         self.examples = {k: list(v) for k, v in state.get("examples", {}).items()}
