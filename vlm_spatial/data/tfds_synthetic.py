@@ -2,7 +2,7 @@
 
 ``build_tfds(synthetic_dir)`` converts the LLaVA files written by ``vlm_spatial.data.synthetic``
 into ``<synthetic_dir>/tfds/vlm_spatial_synthetic/1.0.0/*.array_record-*`` (splits ``train``,
-``val``, ``test``, ``pretrain``; record order kept). Each example::
+``val``, ``test``, ``pretrain`` where they hold records; record order kept). Each example::
 
     {"id": Text, "image": Image (the PNG bytes), "conversations": Sequence({"from": Text, "value": Text}),
      "families": Sequence(Text)}
@@ -55,12 +55,15 @@ class VlmSpatialSynthetic(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         if self._source_dir is None:
             raise ValueError(f"{NAME} is built from a synthetic set: pass source_dir=")
-        return {s: self._generate_examples(s) for s in SPLITS
-                if os.path.isfile(os.path.join(self._source_dir, f"{s}.json"))}
+        records = {}
+        for split in SPLITS:  # the splits the set has (a split of 0 records is left out)
+            path = os.path.join(self._source_dir, f"{split}.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    records[split] = json.load(f)
+        return {split: self._generate_examples(recs) for split, recs in records.items() if recs}
 
-    def _generate_examples(self, split: str):
-        with open(os.path.join(self._source_dir, f"{split}.json")) as f:
-            records = json.load(f)
+    def _generate_examples(self, records: list[dict]):
         for r in records:
             with open(os.path.join(self._source_dir, r["image"]), "rb") as f:
                 png = f.read()
