@@ -16,6 +16,7 @@ pure dicts of `NamedSharding` with the same structure.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -37,6 +38,31 @@ LOGICAL_AXIS_RULES: dict[str | None, str | tuple[str, ...] | None] = {
     "layers": None,  # the stacked-layer (scan) axis stays whole on every device
     None: None,
 }
+
+
+def multihost_env() -> str | None:
+    """The launcher that describes a multi-process job in the environment, or None: an explicit
+    `JAX_COORDINATOR_ADDRESS`, SLURM with more than one task, Open MPI with more than one rank, or
+    a TPU VM slice with several workers."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+        return "SLURM"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return "Open MPI"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "TPU VM"
+    return None
+
+
+def maybe_initialize_distributed() -> bool:
+    """`jax.distributed.initialize()` (cluster auto-detection) when `multihost_env()` finds a
+    multi-process job; call before anything touches the devices. Returns whether it ran."""
+    if multihost_env() is None:
+        return False
+    jax.distributed.initialize()
+    return True
 
 
 def make_mesh(

@@ -83,7 +83,7 @@ class StageSetup:
 
     def init_state(self, params: dict | None = None) -> dict:
         """Training state created directly sharded: fresh random params (`params=None`) or the
-        given pure params dict (e.g. the previous stage's), with a fresh optimizer state."""
+        given pure params dict (e.g. the previous stage's; donated), with a fresh optimizer state."""
         spec = self.spec
         if params is None:
             def init():
@@ -92,7 +92,8 @@ class StageSetup:
 
             return jax.jit(init, out_shardings=self.state_shardings)()
         init = lambda p: init_train_state(p, self.tx, spec.trainable_parts, spec.seed)  # noqa: E731
-        return jax.jit(init, in_shardings=(self.params_shardings,), out_shardings=self.state_shardings)(params)
+        return jax.jit(init, in_shardings=(self.params_shardings,), out_shardings=self.state_shardings,
+                       donate_argnums=0)(params)
 
     def step_fn(self, batch: dict):
         """The jitted, sharded train step for batches with `batch`'s keys and ranks."""

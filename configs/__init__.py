@@ -1,0 +1,1 @@
+"""Experiment configs: one file per paper variant (`get_config(arg)`), shared parts in `common.py`."""
