@@ -144,7 +144,8 @@ def main(argv=None) -> dict:
     sys.stdout.flush()
     return {"total": total, "temp": mem.temp_size_in_bytes, "arguments": mem.argument_size_in_bytes,
             "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes,
-            "compile_s": t3 - t2, "fits_a40": fits}
+            "compile_s": t3 - t2, "fits_a40": fits, "n_params": n_params, "n_trainable": n_train,
+            "global_batch": global_batch, "devices": mesh.size}
 
 
 if __name__ == "__main__":

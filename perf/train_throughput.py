@@ -10,9 +10,13 @@ What one step is, on each side:
          backward, clip, AdamW update; the state is donated), timed until the metrics are ready
   torch  `model(..., labels=...)` (HF's shifted-label loss), `loss.backward()`,
          `clip_grad_norm_`, `AdamW.step()`, `zero_grad()`
-Warm-up steps (for JAX: compilation) are not timed. Timing alternates between the two sides over
+Both sides get one compute thread by default (`--all_cores`: each library's own threading): on a
+shared machine a multi-threaded torch loses far more to contention than XLA does, which would
+measure the machine's load rather than the code. Warm-up steps (at least 2; for JAX: compilation)
+are not timed. Timing alternates between the two sides over
 `--rounds` rounds and reports each side's median, so a load change on a shared machine hits both.
-The first-step losses are printed too: equal values show the two sides compute the same thing.
+The losses of steps 1 and 2 are printed too: equal values show that both sides compute the same
+loss and make the same update.
 
     python perf/train_throughput.py
     python perf/train_throughput.py --batch 16 --seq_len 256 --rounds 5
@@ -20,6 +24,7 @@ The first-step losses are printed too: equal values show the two sides compute t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -29,9 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=128, help="tokens per row, image tokens included")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the first round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the first round (at least 2)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--all_cores", action="store_true",
+                   help="each library's default threading instead of one thread each")
     return p.parse_args(argv)
 
 
@@ -138,8 +145,20 @@ def timed(step, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def single_thread() -> None:
+    """One compute thread for torch and XLA:CPU (call before jax initialises its backend)."""
+    import torch
+
+    torch.set_num_threads(1)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.all_cores:
+        single_thread()
     import numpy as np
     import torch
     import transformers as tf
@@ -154,10 +173,10 @@ def main(argv=None) -> dict:
     ours = Ours(hf_model, batch, args.lr)
     theirs = Torch(hf_model, batch, args.lr)  # converted above, so both start from the same weights
 
-    first = {"ours": ours.step(), "torch": theirs.step()}
-    for _ in range(args.warmup - 1):
-        ours.step()
-        theirs.step()
+    losses = {"ours": [], "torch": []}
+    for _ in range(max(args.warmup, 2)):
+        losses["ours"].append(ours.step())
+        losses["torch"].append(theirs.step())
     times = {"ours": [], "torch": []}
     for _ in range(args.rounds):
         times["ours"].append(timed(ours.step, args.steps))
@@ -167,16 +186,17 @@ def main(argv=None) -> dict:
     n_params = sum(p.numel() for p in hf_model.parameters())
     print(f"model    small LLaVA: CLIP-style encoder 4x128 ({n_image} image tokens), LLaMA 4x256, vocab "
           f"{cfg.text_config.vocab_size}; {n_params / 1e6:.1f} M params, encoder frozen")
-    print(f"batch    {args.batch} rows x {args.seq_len} tokens; AdamW + clip 1.0, float32, CPU "
+    threads = "library defaults" if args.all_cores else "1 thread each"
+    print(f"batch    {args.batch} rows x {args.seq_len} tokens; AdamW + clip 1.0, float32, CPU, {threads} "
           f"(jax {__import__('jax').__version__} on 1 device, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads)")
-    print(f"timing   {args.warmup} warm-up steps untimed; {args.rounds} rounds x {args.steps} steps, "
+    print(f"timing   {max(args.warmup, 2)} warm-up steps untimed; {args.rounds} rounds x {args.steps} steps, "
           f"alternating; median round")
-    print(f"loss     first step: ours {first['ours']:.5f}, torch {first['torch']:.5f}")
+    print("loss     steps 1, 2: " + "; ".join(f"{k} {losses[k][0]:.5f}, {losses[k][1]:.5f}" for k in losses))
     for k in ("ours", "torch"):
         print(f"{k:<8} {rate[k]:8.2f} samples/s   (rounds: {', '.join(f'{t:.2f}' for t in times[k])} s)")
     print(f"ratio    ours / torch = {rate['ours'] / rate['torch']:.2f}x")
-    return {"samples_per_s": rate, "first_loss": first}
+    return {"samples_per_s": rate, "losses": losses}
 
 
 if __name__ == "__main__":
