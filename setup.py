@@ -29,7 +29,7 @@ setup(
     extras_require={
         # torch-side: parity tests against transformers and HF weight conversion
         "torch": [TORCH],
-        "dev": [TORCH, "pytest", "pytest-xdist"],
+        "dev": [TORCH, "pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
         # the synthetic set as a TFDS ArrayRecord dataset (no TensorFlow; ~216 MB, mostly pyarrow);
