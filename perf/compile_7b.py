@@ -9,8 +9,10 @@ from `compiled.memory_analysis()` of the per-device (SPMD-partitioned) program.
 
 Without accelerators, run it on fake CPU devices (the script sets
 `--xla_force_host_platform_device_count` to the mesh size before jax starts). The CPU compiler is
-not the GPU compiler: its buffer assignment is an estimate of a GPU's (no fused attention kernel,
-different fusion), so treat the CPU figures as an upper-bound-ish guide and re-run on the GPU node.
+not the GPU compiler: it keeps float32 copies of some bf16 buffers (e.g. of the stacked layer
+inputs saved for the backward pass) and fuses differently, so its figures over-estimate a GPU's;
+re-run on the GPU node for the A40 answer. `XLA_FLAGS=--xla_dump_to=DIR` writes
+`DIR/*memory-usage-report.txt`, the largest buffers behind a figure.
 
     python perf/compile_7b.py                                  # fsdp=8, 16 rows/device, 2048 tokens, remat full
     python perf/compile_7b.py --remat none
