@@ -166,40 +166,38 @@ class LoadedVLM:
         return gen.score_options(self.model, sequences, option_ids, pixels, pad_id=enc.pad_id)
 
 
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    for candidate in (os.path.join(path, "tokenizer"), path):
-        if os.path.isfile(os.path.join(candidate, "tokenizer_config.json")) or os.path.isfile(
-            os.path.join(candidate, "tokenizer.json")
-        ):
-            return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
-    return None
-
-
-def load(path: str, *, dtype: str | None = None, shardings=None) -> LoadedVLM:
+def load(
+    path: str,
+    *,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    mesh: Mesh | None = None,
+    shardings: dict | None = None,
+) -> LoadedVLM:
     """Open a local Hugging Face LLaVA directory or a vlm_spatial checkpoint as a `LoadedVLM`.
 
-    Reads safetensors (HF) or Orbax (vlm_spatial) only, never pickle, with no network. `dtype`
-    overrides the compute dtype (e.g. 'bfloat16'). Fails naming missing/mis-shaped tensors or an
-    unsupported model type.
+    Reads safetensors (HF, streamed shard by shard) or Orbax (vlm_spatial) only, never pickle,
+    with no network. Each tensor is cast to `param_dtype` (default: the config's, float32) and
+    placed at once with its sharding, so host memory holds the model once plus about one tensor.
+    Shardings come from the logical-axis rules on `mesh` (default: the mesh set by
+    `jax.set_mesh`, else one device), or are given as `shardings` (a tree of `NamedSharding` like
+    the params, e.g. `parallel.param_shardings`). `dtype` overrides the compute dtype (e.g.
+    'bfloat16'). Fails naming missing/mis-shaped tensors or an unsupported model type.
     """
+    from vlm_spatial import checkpoint
+    from vlm_spatial.convert.params import abstract_params
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model at {path!r}")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        cfg, params = hf_llava.read_hf_llava(path)
+    from_hf = os.path.isfile(os.path.join(path, "config.json"))
+    cfg = hf_llava.read_config(path) if from_hf else checkpoint.read_config(path)
+    cfg = checkpoint.with_dtypes(cfg, dtype, param_dtype)
+    make = lambda: VLM(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    target, rule_shardings = abstract_params(make, mesh)
+    shardings = shardings if shardings is not None else rule_shardings
+    if from_hf:
+        params = hf_llava.load_params(path, cfg, target, shardings)
     else:
-        from vlm_spatial import checkpoint
-
-        cfg, params = checkpoint.read_model(path)
-    if dtype is not None:
-        import dataclasses
-
-        cfg = dataclasses.replace(
-            cfg,
-            vision=dataclasses.replace(cfg.vision, dtype=dtype),
-            decoder=dataclasses.replace(cfg.decoder, dtype=dtype),
-        )
-    model = module_from_params(lambda: VLM(cfg, rngs=nnx.Rngs(0)), params, shardings)
-    return LoadedVLM(model, cfg, _tokenizer(path))
+        params = checkpoint.read_params(path, target, shardings)
+    return LoadedVLM(module_from_params(make, params), cfg, checkpoint.read_tokenizer(path))
 

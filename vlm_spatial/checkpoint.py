@@ -12,9 +12,9 @@ accepted too: its most recently written stage is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +24,7 @@ from vlm_spatial.models.vlm import VLM, VLMConfig
 from vlm_spatial.training.checkpoint import restore_params
 
 CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
 
 
 def stage_dir(path: str) -> str:
@@ -41,34 +42,58 @@ def stage_dir(path: str) -> str:
     return max(stages, key=os.path.getmtime)
 
 
+def with_dtypes(cfg: VLMConfig, dtype: str | None = None, param_dtype: str | None = None) -> VLMConfig:
+    """`cfg` with the compute `dtype` and/or the storage `param_dtype` of every part replaced
+    (None keeps the config's own)."""
+    changes = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    if not changes:
+        return cfg
+    return dataclasses.replace(
+        cfg, vision=dataclasses.replace(cfg.vision, **changes), decoder=dataclasses.replace(cfg.decoder, **changes)
+    )
+
+
 def read_config(path: str) -> VLMConfig:
     """The `VLMConfig` of the checkpoint at `path`."""
     with open(os.path.join(stage_dir(path), CONFIG_FILE)) as f:
         return VLMConfig.from_dict(json.load(f))
 
 
-def read_model(path: str, shardings: dict | None = None) -> tuple[VLMConfig, dict]:
-    """Config and nested params of the checkpoint at `path`; params land with `shardings` if given."""
-    directory = stage_dir(path)
-    cfg = read_config(directory)
-    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: VLM(cfg, rngs=nnx.Rngs(0))), nnx.Param))
-    return cfg, restore_params(directory, abstract, shardings)
+def read_params(path: str, target: dict, shardings: dict | None = None) -> dict:
+    """Params of the checkpoint at `path`, restored array by array onto `target` (nested dict of
+    `jax.ShapeDtypeStruct`, whose dtypes they are cast to) with `shardings` if given."""
+    return restore_params(stage_dir(path), target, shardings)
 
 
-def write_model(path: str, cfg: VLMConfig, params: dict, tokenizer_dir: str | None, step: int = 0) -> str:
-    """Write a model checkpoint (layout above) with `params` (nested dict of arrays) at `step`.
+def read_tokenizer(path: str):
+    """The tokenizer of a vlm_spatial checkpoint (`tokenizer/`) or of a Hugging Face directory
+    (files at its root), or None when it has none. Local files only."""
+    from transformers import AutoTokenizer
+
+    for candidate in (os.path.join(path, TOKENIZER_DIR), path):
+        if any(os.path.isfile(os.path.join(candidate, f)) for f in ("tokenizer_config.json", "tokenizer.json")):
+            return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+    return None
+
+
+def write_model(path: str, cfg: VLMConfig, params: dict, tokenizer=None, step: int = 0) -> str:
+    """Write a model checkpoint (layout above) with `params` (nested dict of arrays, checked to
+    fit `VLM(cfg)`) at `step`, and `tokenizer` (a Hugging Face tokenizer) if given.
 
     Returns `path`. Refuses to overwrite an existing checkpoint.
     """
+    from vlm_spatial.convert.params import abstract_module, check_params
+
     target = os.path.join(os.path.abspath(path), str(step), "params")
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose another --out or remove it")
+    check_params(params, nnx.to_pure_dict(nnx.state(abstract_module(lambda: VLM(cfg, rngs=nnx.Rngs(0))))))
     os.makedirs(path, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, jax.tree.map(jax.numpy.asarray, params))
         ckptr.wait_until_finished()
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
-    if tokenizer_dir is not None:
-        shutil.copytree(tokenizer_dir, os.path.join(path, "tokenizer"), dirs_exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(os.path.join(path, TOKENIZER_DIR))
     return path

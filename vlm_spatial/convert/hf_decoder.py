@@ -8,16 +8,13 @@ are stored `[in, out]` (HF `weight` is `[out, in]`). Conversion is exact both wa
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlm_spatial.convert import hf_io, namemap
 from vlm_spatial.models.decoder import Decoder, DecoderConfig
 from vlm_spatial.models.projector import PROJECTOR_KINDS, ProjectorConfig
 
@@ -123,6 +120,24 @@ def projector_config_from_hf(hf_llava_config: dict, **overrides) -> ProjectorCon
     return ProjectorConfig(**fields)
 
 
+def config_to_hf(cfg: DecoderConfig) -> dict:
+    """Hugging Face `LlamaConfig`/`Qwen2Config` dict for `cfg`; `config_from_hf` inverts it (up to
+    the runtime fields dtype, param_dtype and remat_policy)."""
+    rope = {"rope_theta": cfg.rope_theta, "rope_type": "default", **(cfg.rope_scaling_dict or {})}
+    d = dict(
+        model_type=cfg.family, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps, rope_parameters=rope, hidden_act=cfg.hidden_act,
+        tie_word_embeddings=cfg.tie_word_embeddings, max_position_embeddings=cfg.max_position_embeddings,
+    )
+    if cfg.family == "llama":
+        d.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    else:
+        d.update(use_sliding_window=False)
+    return d
+
+
 # ----------------------------------------------------------------------------- name maps
 def _layer_rows(cfg: DecoderConfig):
     return [r for r in _LAYER if r[3] is None or getattr(cfg, r[3])]
@@ -158,79 +173,51 @@ def _our_shapes(cfg: DecoderConfig) -> dict[tuple, tuple]:
     }
 
 
-def _hf_shape(ours: tuple, transpose: bool) -> tuple:
-    return tuple(reversed(ours)) if transpose else tuple(ours)
+def _entry(name: str, path: tuple, layer: int | None, ours: tuple, transpose: bool) -> namemap.Entry:
+    fn = namemap.transpose if transpose else namemap.copy
+    return namemap.Entry(name, path, layer, tuple(reversed(ours)) if transpose else tuple(ours), fn, fn)
+
+
+def hf_entries(cfg: DecoderConfig) -> list[namemap.Entry]:
+    """The name map of `Decoder(cfg)` as `namemap.Entry`s (HF names relative to the causal-LM
+    root; no 'lm_head.weight' when embeddings are tied)."""
+    ours = _our_shapes(cfg)
+    out = [_entry(name, path, None, ours[path], tr) for name, path, tr in _top_rows(cfg)]
+    for i in range(cfg.num_layers):
+        for name, path, tr, _ in _layer_rows(cfg):
+            out.append(_entry(f"model.layers.{i}.{name}", ("layers",) + path, i, ours[path], tr))
+    return out
 
 
 def expected_hf_shapes(cfg: DecoderConfig) -> dict[str, tuple]:
     """Every HF tensor name of the causal LM (relative to its root) -> its HF shape.
     'lm_head.weight' is absent when embeddings are tied."""
-    ours = _our_shapes(cfg)
-    out = {name: _hf_shape(ours[path], tr) for name, path, tr in _top_rows(cfg)}
-    for i in range(cfg.num_layers):
-        for name, path, tr, _ in _layer_rows(cfg):
-            out[f"model.layers.{i}.{name}"] = _hf_shape(ours[path], tr)
-    return out
-
-
-def _fetch(get: Callable[[str], np.ndarray], name: str, shape: tuple, transpose: bool, dtype):
-    x = np.asarray(get(name))
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"HF tensor {name!r}: expected shape {tuple(shape)}, got {tuple(x.shape)}")
-    if transpose:
-        x = x.T
-    return np.ascontiguousarray(x.astype(dtype, copy=False))
-
-
-def _set(tree: dict, path: tuple, value):
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple):
-    for k in path:
-        tree = tree[k]
-    return tree
+    return namemap.expected_shapes(hf_entries(cfg))
 
 
 def params_from_hf(get: Callable[[str], np.ndarray], cfg: DecoderConfig) -> dict:
     """Nested pure dict (numpy, `cfg.param_dtype`) matching `nnx.to_pure_dict(nnx.state(Decoder(cfg)))`
     from `get(hf_name) -> array` with HF names as in `expected_hf_shapes(cfg)`.
     Raises ValueError naming the HF tensor when a shape differs."""
-    dtype = cfg.params_dtype
-    shapes = expected_hf_shapes(cfg)
-    params: dict = {}
-    for name, path, tr in _top_rows(cfg):
-        _set(params, path, _fetch(get, name, shapes[name], tr, dtype))
-    for lname, path, tr, _ in _layer_rows(cfg):
-        per_layer = []
-        for i in range(cfg.num_layers):
-            name = f"model.layers.{i}.{lname}"
-            per_layer.append(_fetch(get, name, shapes[name], tr, dtype))
-        _set(params, ("layers",) + path, np.stack(per_layer, axis=0))
-    return params
+    return namemap.read(hf_entries(cfg), get, cfg.params_dtype)
 
 
 def params_to_hf(params: dict, cfg: DecoderConfig) -> dict[str, np.ndarray]:
     """Inverse of `params_from_hf`: nested pure dict -> {HF name: numpy array in HF layout}."""
-    out: dict[str, np.ndarray] = {}
-    for name, path, tr in _top_rows(cfg):
-        x = np.asarray(_get(params, path))
-        out[name] = np.ascontiguousarray(x.T if tr else x)
-    for lname, path, tr, _ in _layer_rows(cfg):
-        stacked = np.asarray(_get(params, ("layers",) + path))
-        for i in range(cfg.num_layers):
-            x = stacked[i]
-            out[f"model.layers.{i}.{lname}"] = np.ascontiguousarray(x.T if tr else x)
-    return out
+    return dict(namemap.write(hf_entries(cfg), params))
 
 
-def _projector_rows(kind: str, use_bias: bool):
+def projector_entries(kind: str, vision_dim: int, text_dim: int, use_bias: bool = True) -> list[namemap.Entry]:
+    """The name map of `Projector` as `namemap.Entry`s, HF names relative to 'multi_modal_projector.'
+    ('linear_1.weight' `[D, Dv]`, 'linear_1.bias' `[D]`, 'linear_2.weight' `[D, D]`, 'linear_2.bias')."""
     if kind not in PROJECTOR_KINDS:
         raise ValueError(f"unknown projector kind {kind!r}; supported: {PROJECTOR_KINDS}")
+    d = text_dim
+    ours = {("linear_1", "kernel"): (vision_dim, d), ("linear_1", "bias"): (d,),
+            ("linear_2", "kernel"): (d, d), ("linear_2", "bias"): (d,)}
     rows = [r for r in _PROJ if use_bias or not r[0].endswith(".bias")]
-    return [r for r in rows if kind == "mlp2x_gelu" or r[0].startswith("linear_1")]
+    rows = [r for r in rows if kind == "mlp2x_gelu" or r[0].startswith("linear_1")]
+    return [_entry(name, path, None, ours[path], tr) for name, path, tr in rows]
 
 
 def projector_params_from_hf(
@@ -239,66 +226,28 @@ def projector_params_from_hf(
     """Pure dict for `Projector` from HF names relative to 'multi_modal_projector.'
     ('linear_1.weight' `[D, Dv]`, 'linear_1.bias' `[D]`, 'linear_2.weight' `[D, D]`, 'linear_2.bias').
     Dimensions come from linear_1.weight; other shapes are checked (ValueError names the tensor)."""
-    w1 = np.asarray(get("linear_1.weight"))
-    if w1.ndim != 2:
-        raise ValueError(f"HF tensor 'linear_1.weight': expected a 2-D [text, vision] matrix, got {w1.shape}")
-    d, dv = w1.shape
-    shapes = {"linear_1.weight": (d, dv), "linear_1.bias": (d,), "linear_2.weight": (d, d), "linear_2.bias": (d,)}
-    params: dict = {}
-    for name, path, tr in _projector_rows(kind, use_bias):
-        fetch = (lambda n: w1) if name == "linear_1.weight" else get
-        _set(params, path, _fetch(fetch, name, shapes[name], tr, jnp.dtype(param_dtype)))
-    return params
+    shape = np.shape(get("linear_1.weight"))
+    if len(shape) != 2:
+        raise ValueError(f"HF tensor 'linear_1.weight': expected a 2-D [text, vision] matrix, got {shape}")
+    entries = projector_entries(kind, shape[1], shape[0], use_bias)
+    return namemap.read(entries, get, jnp.dtype(param_dtype))
 
 
 def projector_params_to_hf(params: dict, kind: str = "mlp2x_gelu") -> dict[str, np.ndarray]:
     """Inverse of `projector_params_from_hf`: names relative to 'multi_modal_projector.'."""
-    use_bias = "bias" in params["linear_1"]
-    out = {}
-    for name, path, tr in _projector_rows(kind, use_bias):
-        x = np.asarray(_get(params, path))
-        out[name] = np.ascontiguousarray(x.T if tr else x)
-    return out
+    dv, d = np.shape(params["linear_1"]["kernel"])
+    return dict(namemap.write(projector_entries(kind, dv, d, "bias" in params["linear_1"]), params))
 
 
 # ----------------------------------------------------------------------------- loading
-def safetensors_getter(path: str, prefix: str = "") -> Callable[[str], np.ndarray]:
-    """`get(name)` reading `prefix + name` from the *.safetensors files in directory `path`
-    (safetensors.numpy; no torch). Raises KeyError naming the tensor when it is absent."""
-    from safetensors import safe_open
-
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {path}")
-    where: dict[str, str] = {}
-    for f in files:
-        with safe_open(f, framework="np") as fh:
-            for k in fh.keys():
-                where[k] = f
-
-    def get(name: str) -> np.ndarray:
-        key = prefix + name
-        if key not in where:
-            raise KeyError(f"tensor {key!r} not found in {path} ({len(where)} tensors)")
-        with safe_open(where[key], framework="np") as fh:
-            return fh.get_tensor(key)
-
-    return get
-
-
-def decoder_from_params(cfg: DecoderConfig, params: dict) -> Decoder:
-    """A Decoder holding `params` (pure dict as from `params_from_hf`) without a random init."""
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
-
-
-def load_hf_causal_lm(path: str, **overrides) -> tuple[DecoderConfig, Decoder]:
+def load_hf_causal_lm(path: str, *, mesh=None, **overrides) -> tuple[DecoderConfig, Decoder]:
     """Load a directory written by `LlamaForCausalLM`/`Qwen2ForCausalLM.save_pretrained`
-    (config.json + *.safetensors). `overrides` replace DecoderConfig fields (dtype, remat_policy...)."""
-    with open(os.path.join(path, "config.json")) as f:
-        hf_cfg = json.load(f)
-    cfg = config_from_hf(hf_cfg, **overrides)
-    params = params_from_hf(safetensors_getter(path), cfg)
-    return cfg, decoder_from_params(cfg, params)
+    (config.json + safetensors), streamed tensor by tensor (sharded on `mesh` if given).
+    `overrides` replace DecoderConfig fields (dtype, param_dtype, remat_policy...)."""
+    from vlm_spatial.convert import loader
+
+    cfg = config_from_hf(hf_io.read_config(path), **overrides)
+    model = loader.load_module(
+        lambda: Decoder(cfg, rngs=nnx.Rngs(0)), hf_io.HFCheckpoint(path), hf_entries(cfg), mesh=mesh
+    )
+    return cfg, model

@@ -1,8 +1,11 @@
-"""Reading Hugging Face model directories: config.json and safetensors shards, never pickle.
+"""Reading and writing Hugging Face model directories: config.json and safetensors shards, never
+pickle.
 
 `HFCheckpoint(path)` opens a directory written by `save_pretrained` (one `model.safetensors` or
 sharded `model-0000X-of-0000N.safetensors` + `model.safetensors.index.json`) and gives lazy,
 per-tensor access by name as numpy arrays, so a loader touches one tensor at a time.
+`write_safetensors` writes the same layout, producing one tensor at a time and holding at most
+one shard in memory.
 """
 from __future__ import annotations
 
@@ -63,9 +66,11 @@ class HFCheckpoint(Mapping[str, np.ndarray]):
         self.path = path
         self._where: dict[str, str] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._by_file: dict[str, list[str]] = {}
         for file in safetensors_files(path):
             with safe_open(file, framework="numpy") as f:
-                for name in f.keys():
+                self._by_file[file] = list(f.keys())
+                for name in self._by_file[file]:
                     self._where[name] = file
                     self._shapes[name] = tuple(f.get_slice(name).get_shape())
 
@@ -85,22 +90,10 @@ class HFCheckpoint(Mapping[str, np.ndarray]):
         """Shape of tensor `name` from the file header, without reading its data."""
         return self._shapes[name]
 
-
-def with_prefix(tensors: Mapping[str, np.ndarray], prefixes: Iterable[str]) -> Callable[[str], np.ndarray]:
-    """A getter `get(name)` that finds `name` under the first of `prefixes` present in `tensors`.
-
-    Hugging Face writes the same model under different prefixes (`vision_tower.`,
-    `vision_tower.vision_model.`, `model.vision_tower.`, ...); this hides which one a file used.
-    """
-    prefixes = list(prefixes)
-
-    def get(name: str) -> np.ndarray:
-        for p in prefixes:
-            if p + name in tensors:
-                return tensors[p + name]
-        raise KeyError(name)
-
-    return get
+    def by_file(self) -> list[tuple[str, list[str]]]:
+        """`(file, tensor names in it)` for every shard, in shard order: the reading order of a
+        streaming loader, which then touches one shard at a time."""
+        return list(self._by_file.items())
 
 
 def find_prefix(names: Iterable[str], probe: str, candidates: Iterable[str]) -> str | None:
@@ -117,14 +110,13 @@ def check_tensors(
     expected: Mapping[str, tuple[int, ...]],
     *,
     source: str,
-    ignore_unexpected: Callable[[str], bool] = lambda name: False,
 ) -> None:
     """Raise `WeightsError` listing every missing, unexpected and mis-shaped tensor by name.
 
     `shapes` are what the file holds, `expected` what the model needs (same naming).
     """
     missing = sorted(n for n in expected if n not in shapes)
-    unexpected = sorted(n for n in shapes if n not in expected and not ignore_unexpected(n))
+    unexpected = sorted(n for n in shapes if n not in expected)
     misshaped = sorted(
         f"{n}: expected {tuple(expected[n])}, found {tuple(shapes[n])}"
         for n in expected
@@ -137,3 +129,66 @@ def check_tensors(
             problems.append(f"  {len(items)} {title} tensor(s):\n    {shown}")
     if problems:
         raise WeightsError(f"weights in {source} do not fit the model:\n" + "\n".join(problems))
+
+
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in `size`: an int, or a string such as '5GB', '500MB', '2GiB' (as `save_pretrained`'s
+    `max_shard_size`)."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(text[: -len(unit)]) * _UNITS[unit])
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"size {size!r}: expected bytes or a number with KB/MB/GB/KiB/MiB/GiB")
+
+
+def shard_plan(nbytes: Mapping[str, int], max_shard_size: int | str) -> list[list[str]]:
+    """Tensor names (in the given order) split into consecutive shards of at most `max_shard_size`
+    bytes each; a tensor larger than that gets a shard of its own."""
+    limit = parse_size(max_shard_size)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, n in nbytes.items():
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def write_safetensors(
+    path: str, shards: list[list[str]], tensor: Callable[[str], np.ndarray], *, progress: bool = True
+) -> list[str]:
+    """Write `shards` (from `shard_plan`) as `save_pretrained` does: `model.safetensors` for one
+    shard, else `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`. `tensor(name)`
+    produces each numpy array when its shard is written, so memory holds one shard at a time.
+    Returns the file names written."""
+    from safetensors.numpy import save_file
+    from tqdm.auto import tqdm
+
+    os.makedirs(path, exist_ok=True)
+    n = len(shards)
+    files = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
+    weight_map, total = {}, 0
+    bar = tqdm(total=sum(map(len, shards)), desc=f"writing {path}", unit="tensor", disable=not progress or None)
+    for file, names in zip(files, shards):
+        arrays = {}
+        for name in names:
+            arrays[name] = tensor(name)
+            total += arrays[name].nbytes
+            weight_map[name] = file
+            bar.update()
+        save_file(arrays, os.path.join(path, file), metadata={"format": "pt"})
+        del arrays
+    bar.close()
+    if n > 1:
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return files

@@ -1,29 +1,36 @@
-"""Hugging Face `LlavaForConditionalGeneration` <-> vlm_spatial `VLM` parameters.
+"""Hugging Face `LlavaForConditionalGeneration` <-> vlm_spatial `VLM`: configs, name map, loading.
 
 Every spelling of LLaVA tensor names is brought to one canonical form before mapping:
 
 | where it comes from                         | vision                         | LM                         |
 |---------------------------------------------|--------------------------------|----------------------------|
-| canonical (public llava-hf checkpoints)     | `vision_tower.<vision name>`   | `language_model.<LM name>` |
+| canonical (what transformers 5 writes)      | `vision_tower.<vision name>`   | `language_model.<LM name>` |
 | `vision_tower.vision_model.*` (public)      | prefix `vision_model.` dropped |                            |
 | in-memory `state_dict()` of transformers 5  | `model.vision_tower.*`         | `model.language_model.*` (+ `lm_head.*`) |
 
 where `<vision name>` is what `hf_vision` uses and `<LM name>` is relative to the causal-LM root
 (`model.layers.0...`, `lm_head.weight`). Projector tensors are `multi_modal_projector.*`.
+
+What transformers cannot express (the encoder's 2D-RoPE settings, a NaFlex patch budget) is kept
+under the `vlm_spatial` key of `config.json`: transformers ignores it and runs the plain model,
+this codebase restores the exact config. A tensor the plain model has and ours lacks (the learned
+position table of a RoPE-only encoder) is written as zeros and skipped on the way back.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import os
 
-import numpy as np
-
-from vlm_spatial.convert import hf_decoder, hf_vision
-from vlm_spatial.convert.hf_io import HFCheckpoint, check_tensors, read_config
+from vlm_spatial.convert import hf_decoder, hf_io, hf_vision, loader, namemap
 from vlm_spatial.models.vlm import VLMConfig
 
 VISION = "vision_tower."
 PROJECTOR = "multi_modal_projector."
 LM = "language_model."
+EXTRA_KEY = "vlm_spatial"
+# VisionConfig fields that transformers' configs cannot express; kept under EXTRA_KEY.
+VISION_EXTRAS = ("rope2d", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "max_num_patches", "image_size")
+# Fields that say how a model runs, not what it is: never compared or exported.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
 
 _RENAMES = (
     ("model.language_model.", LM + "model."),
@@ -44,8 +51,10 @@ def canonical_name(name: str) -> str:
     return name
 
 
+# ----------------------------------------------------------------------------- configs
 def config_from_hf(hf: dict) -> VLMConfig:
-    """`VLMConfig` from a LLaVA `config.json` dict (model_type 'llava')."""
+    """`VLMConfig` from a LLaVA `config.json` dict (model_type 'llava'), with the settings kept
+    under its `vlm_spatial` key applied."""
     if hf.get("model_type") != "llava":
         raise ValueError(
             f"model_type {hf.get('model_type')!r} is not supported as a whole VLM; supported: 'llava' "
@@ -59,8 +68,13 @@ def config_from_hf(hf: dict) -> VLMConfig:
     act = hf.get("projector_hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(f"projector_hidden_act={act!r} is not supported (LLaVA-1.5 uses 'gelu')")
+    extra = dict(hf.get(EXTRA_KEY) or {})
+    vision_extra = extra.pop("vision", {})
+    unknown = sorted(set(extra) | (set(vision_extra) - set(VISION_EXTRAS)))
+    if unknown:
+        raise ValueError(f"config.json[{EXTRA_KEY!r}] has unknown settings {unknown}; known: vision.{VISION_EXTRAS}")
     return VLMConfig(
-        vision=hf_vision.config_from_hf(hf["vision_config"]),
+        vision=hf_vision.config_from_hf(hf["vision_config"], **vision_extra),
         decoder=hf_decoder.config_from_hf(hf["text_config"]),
         image_token_id=hf.get("image_token_id", hf.get("image_token_index", 32000)),
         projector="mlp2x_gelu",
@@ -69,65 +83,104 @@ def config_from_hf(hf: dict) -> VLMConfig:
     )
 
 
+def _fields(cfg: VLMConfig) -> dict[str, object]:
+    """'vision.rope2d' -> value, ... for every architecture field (runtime fields left out)."""
+    d = cfg.to_dict()
+    flat = {k: v for k, v in d.items() if k not in ("vision", "decoder")}
+    for part in ("vision", "decoder"):
+        flat.update({f"{part}.{k}": v for k, v in d[part].items() if k not in RUNTIME_FIELDS})
+    return flat
+
+
+def config_to_hf(cfg: VLMConfig) -> dict:
+    """The LLaVA `config.json` dict for `cfg`; `config_from_hf` inverts it exactly (runtime
+    fields aside). Settings transformers cannot express go under the `vlm_spatial` key if they
+    are `VISION_EXTRAS`; anything else is refused with a ValueError naming the fields."""
+    if cfg.projector != "mlp2x_gelu":
+        raise ValueError(f"projector {cfg.projector!r} has no transformers equivalent "
+                         "(LlavaForConditionalGeneration always uses linear_1-gelu-linear_2, 'mlp2x_gelu')")
+    hf = dict(
+        model_type="llava", architectures=["LlavaForConditionalGeneration"],
+        vision_config=hf_vision.config_to_hf(cfg.vision), text_config=hf_decoder.config_to_hf(cfg.decoder),
+        image_token_index=cfg.image_token_id, image_seq_length=cfg.num_image_tokens,
+        projector_hidden_act="gelu", multimodal_projector_bias=True,
+        vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy=cfg.vision_feature_select,
+        tie_word_embeddings=cfg.decoder.tie_word_embeddings,
+    )
+    want, plain = _fields(cfg), _fields(config_from_hf(hf))
+    lost = sorted(k for k in want if want[k] != plain[k])
+    refused = [f"{k}={want[k]!r}" for k in lost if k.removeprefix("vision.") not in VISION_EXTRAS]
+    if refused:
+        raise ValueError(f"transformers' LLaVA config cannot express {', '.join(refused)}")
+    if lost:
+        hf[EXTRA_KEY] = {"vision": {k.removeprefix("vision."): want[k] for k in lost}}
+    return hf
+
+
+def plain_config(cfg: VLMConfig) -> VLMConfig:
+    """The model transformers builds from `config_to_hf(cfg)`: `cfg` without its `vlm_spatial`
+    settings (no 2D-RoPE)."""
+    hf = config_to_hf(cfg)
+    hf.pop(EXTRA_KEY, None)
+    return config_from_hf(hf)
+
+
+def read_config(path: str) -> VLMConfig:
+    """The `VLMConfig` of the LLaVA directory `path`."""
+    return config_from_hf(hf_io.read_config(path))
+
+
+# ----------------------------------------------------------------------------- name map
+def hf_entries(cfg: VLMConfig) -> list[namemap.Entry]:
+    """The name map of `VLM(cfg)`: canonical LLaVA names <-> paths under 'vision', 'projector',
+    'decoder'."""
+    projector = hf_decoder.projector_entries(cfg.projector, cfg.vision.hidden_size, cfg.decoder.hidden_size)
+    return (
+        namemap.under(hf_vision.hf_entries(cfg.vision), VISION, ("vision",))
+        + namemap.under(projector, PROJECTOR, ("projector",))
+        + namemap.under(hf_decoder.hf_entries(cfg.decoder), LM, ("decoder",))
+    )
+
+
 def expected_hf_shapes(cfg: VLMConfig) -> dict[str, tuple[int, ...]]:
     """Canonical tensor names -> shapes of a LLaVA checkpoint for `cfg`."""
-    shapes = {VISION + k: v for k, v in hf_vision.expected_hf_shapes(cfg.vision).items()}
-    shapes.update({LM + k: v for k, v in hf_decoder.expected_hf_shapes(cfg.decoder).items()})
-    dv, d = cfg.vision.hidden_size, cfg.decoder.hidden_size
-    shapes.update({
-        PROJECTOR + "linear_1.weight": (d, dv), PROJECTOR + "linear_1.bias": (d,),
-        PROJECTOR + "linear_2.weight": (d, d), PROJECTOR + "linear_2.bias": (d,),
-    })
-    return shapes
+    return namemap.expected_shapes(hf_entries(cfg))
 
 
-def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: VLMConfig) -> dict:
-    """Nested params of `VLM(cfg)` (as `nnx.to_pure_dict`) from canonically named `tensors`."""
-
-    def getter(prefix: str) -> Callable[[str], np.ndarray]:
-        return lambda name: tensors[prefix + name]
-
-    return {
-        "vision": hf_vision.params_from_hf(getter(VISION), cfg.vision),
-        "projector": hf_decoder.projector_params_from_hf(getter(PROJECTOR), cfg.projector),
-        "decoder": hf_decoder.params_from_hf(getter(LM), cfg.decoder),
-    }
+def padding_tensors(cfg: VLMConfig) -> dict[str, tuple[int, ...]]:
+    """Tensors the plain transformers model of `cfg` has but `VLM(cfg)` does not (the learned
+    position table of an encoder with 2D-RoPE only): name -> shape. Exported as zeros."""
+    ours = expected_hf_shapes(cfg)
+    return {k: v for k, v in expected_hf_shapes(plain_config(cfg)).items() if k not in ours}
 
 
-def params_to_hf(params: dict, cfg: VLMConfig) -> dict[str, np.ndarray]:
-    """Canonically named LLaVA tensors from nested `VLM` params; inverse of `params_from_hf`."""
-    out = {VISION + k: v for k, v in hf_vision.params_to_hf(params["vision"], cfg.vision).items()}
-    out.update({PROJECTOR + k: v for k, v in hf_decoder.projector_params_to_hf(params["projector"], cfg.projector).items()})
-    out.update({LM + k: v for k, v in hf_decoder.params_to_hf(params["decoder"], cfg.decoder).items()})
-    return out
+def load_params(path: str, cfg: VLMConfig, target: dict, shardings: dict | None = None) -> dict:
+    """Params of `VLM(cfg)` streamed from the LLaVA directory `path` (see `loader.load_params`):
+    `target`/`shardings` as `params.abstract_params` gives them. Missing, unexpected or
+    mis-shaped tensors raise `WeightsError` naming each of them."""
+    skip = set(padding_tensors(cfg))
+
+    def rename(name: str) -> str | None:
+        name = canonical_name(name)
+        return None if name in skip else name
+
+    return loader.load_params(hf_io.HFCheckpoint(path), hf_entries(cfg), target, shardings, rename=rename)
 
 
-class CanonicalTensors(Mapping[str, np.ndarray]):
-    """A view of an `HFCheckpoint` under canonical LLaVA names (reads lazily)."""
+def import_hf(src: str, out: str, *, param_dtype: str | None = None, mesh=None) -> VLMConfig:
+    """Write the LLaVA directory `src` as a vlm_spatial checkpoint at `out` (params, config and
+    the tokenizer when `src` has one). `param_dtype` stores params in another dtype (e.g.
+    'bfloat16' halves host memory for 7B). Returns the config written."""
+    from flax import nnx
 
-    def __init__(self, ckpt: HFCheckpoint):
-        self._ckpt = ckpt
-        self._names = {canonical_name(n): n for n in ckpt}
+    from vlm_spatial import checkpoint
+    from vlm_spatial.convert import params as params_lib
+    from vlm_spatial.models.vlm import VLM
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._ckpt[self._names[name]]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._ckpt.shape(self._names[name])
-
-
-def read_hf_llava(path: str) -> tuple[VLMConfig, dict]:
-    """Config and nested params of the LLaVA directory `path`, checked tensor by tensor.
-
-    Missing, unexpected or mis-shaped tensors raise `WeightsError` naming each of them.
-    """
-    cfg = config_from_hf(read_config(path))
-    tensors = CanonicalTensors(HFCheckpoint(path))
-    check_tensors({n: tensors.shape(n) for n in tensors}, expected_hf_shapes(cfg), source=path)
-    return cfg, params_from_hf(tensors, cfg)
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"no Hugging Face LLaVA directory at {src!r}")
+    cfg = checkpoint.with_dtypes(read_config(src), param_dtype=param_dtype)
+    target, shardings = params_lib.abstract_params(lambda: VLM(cfg, rngs=nnx.Rngs(0)), mesh)
+    params = load_params(src, cfg, target, shardings)
+    checkpoint.write_model(out, cfg, params, checkpoint.read_tokenizer(src))
+    return cfg

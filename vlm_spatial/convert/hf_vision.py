@@ -13,11 +13,12 @@ Rows whose HF name contains `{i}` are per layer; ours are stacked on axis 0 ('la
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
 
+from vlm_spatial.convert import hf_io, namemap
 from vlm_spatial.models.vision import VisionConfig, VisionEncoder
 
 SUPPORTED_MODEL_TYPES = (
@@ -80,6 +81,30 @@ def config_from_hf(hf_config: dict, **overrides) -> VisionConfig:
                    pos_emb="sincos" if c["is_native"] else "learned")
     cfg.update(overrides)
     return VisionConfig(**cfg)
+
+
+def config_to_hf(cfg: VisionConfig) -> dict:
+    """Hugging Face vision config dict (`model_type` '<family>_vision_model') for `cfg`.
+
+    What transformers cannot express (2D-RoPE, a NaFlex patch budget other than the position
+    grid, non-default switches) is left out; `hf_llava.config_to_hf` finds and keeps it.
+    """
+    d = dict(
+        model_type=f"{cfg.family}_vision_model", hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_channels=cfg.num_channels, patch_size=cfg.patch_size,
+        hidden_act=cfg.act,
+    )
+    if cfg.family == "aimv2":
+        return dict(d, image_size=cfg.image_size, rms_norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias,
+                    mlp_bias=cfg.mlp_bias, use_head=cfg.head == "aimv2", is_native=cfg.pos_emb == "sincos")
+    d["layer_norm_eps"] = cfg.norm_eps
+    if cfg.family == "clip":
+        return dict(d, image_size=cfg.image_size)
+    d["vision_use_head"] = cfg.head == "map"
+    if cfg.family == "siglip2":
+        return dict(d, num_patches=cfg.pos_grid_size**2)
+    return dict(d, image_size=cfg.image_size)
 
 
 def _int(v) -> int:
@@ -149,11 +174,14 @@ def _table(cfg: VisionConfig) -> list[tuple[str, str, str]]:
 _FUSED = {"q": 0, "k": 1, "v": 2}
 
 
+@functools.lru_cache(maxsize=64)
 def _ours_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
     """Flat 'a/b/c' -> shape of `VisionEncoder(cfg)`'s params, without allocating them."""
     from flax import nnx
 
-    abstract = nnx.eval_shape(lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)))
+    from vlm_spatial.convert.params import abstract_module
+
+    abstract = abstract_module(lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)))
     flat = {}
 
     def walk(d, prefix):
@@ -176,20 +204,6 @@ def _hf_shape(shape: tuple[int, ...], layout: str, cfg: VisionConfig) -> tuple[i
     if layout in _FUSED:
         return (3 * shape[1], shape[0]) if len(shape) == 2 else (3 * shape[0],)
     return shape
-
-
-def expected_hf_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
-    """HF tensor name (no prefix) -> shape, for every tensor `params_from_hf` reads."""
-    ours = _ours_shapes(cfg)
-    out = {}
-    for path, hf, layout in _table(cfg):
-        shape = ours[path]
-        if "{i}" in hf:
-            for i in range(cfg.num_layers):
-                out[hf.format(i=i)] = _hf_shape(shape[1:], layout, cfg)
-        else:
-            out[hf] = _hf_shape(shape, layout, cfg)
-    return out
 
 
 def _from_hf(a: np.ndarray, layout: str, cfg: VisionConfig) -> np.ndarray:
@@ -215,85 +229,73 @@ def _to_hf(a: np.ndarray, layout: str, cfg: VisionConfig) -> np.ndarray:
     return a
 
 
+def hf_entries(cfg: VisionConfig) -> list[namemap.Entry]:
+    """The name map of `VisionEncoder(cfg)` as `namemap.Entry`s (HF names without prefix)."""
+    ours = _ours_shapes(cfg)
+    out = []
+    for path, hf, layout in _table(cfg):
+        shape, p = ours[path], tuple(path.split("/"))
+        fns = dict(to_ours=functools.partial(_from_hf, layout=layout, cfg=cfg),
+                   to_hf=functools.partial(_to_hf, layout=layout, cfg=cfg))
+        if "{i}" in hf:
+            out += [namemap.Entry(hf.format(i=i), p, i, _hf_shape(shape[1:], layout, cfg), **fns)
+                    for i in range(cfg.num_layers)]
+        else:
+            out.append(namemap.Entry(hf, p, None, _hf_shape(shape, layout, cfg), **fns))
+    return out
+
+
+def expected_hf_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor name (no prefix) -> shape, for every tensor `params_from_hf` reads."""
+    return namemap.expected_shapes(hf_entries(cfg))
+
+
 def params_from_hf(get: Callable[[str], np.ndarray], cfg: VisionConfig) -> dict:
     """Nested pure dict of `VisionEncoder(cfg)` params from HF tensors `get(name)` (no prefix).
 
     Arrays keep the dtype `get` returns (numpy). A missing tensor raises whatever `get` raises;
     a mis-shaped one raises ValueError naming it with the expected and found shapes.
     """
-    shapes = expected_hf_shapes(cfg)
-    fused: dict[str, np.ndarray] = {}
-
-    def fetch(name: str) -> np.ndarray:
-        if name in fused:
-            return fused[name]
-        a = np.asarray(get(name))
-        if tuple(a.shape) != shapes[name]:
-            raise ValueError(f"HF tensor {name!r}: expected shape {shapes[name]}, got {tuple(a.shape)}")
-        if name.startswith("head.attention.in_proj"):
-            fused[name] = a
-        return a
-
-    params: dict = {}
-    for path, hf, layout in _table(cfg):
-        if "{i}" in hf:
-            value = np.stack([_from_hf(fetch(hf.format(i=i)), layout, cfg) for i in range(cfg.num_layers)])
-        else:
-            value = _from_hf(fetch(hf), layout, cfg)
-        node = params
-        *parents, leaf = path.split("/")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = np.ascontiguousarray(value)
-    return params
+    return namemap.read(hf_entries(cfg), get)
 
 
 def params_to_hf(params: dict, cfg: VisionConfig) -> dict[str, np.ndarray]:
     """HF tensors (no prefix) from a nested pure dict of `VisionEncoder(cfg)` params; the exact
     inverse of `params_from_hf`."""
-    out: dict[str, np.ndarray] = {}
-    fused: dict[str, list] = {}
-    for path, hf, layout in _table(cfg):
-        node = params
-        for k in path.split("/"):
-            node = node[k]
-        a = np.asarray(node)
-        if "{i}" in hf:
-            for i in range(cfg.num_layers):
-                out[hf.format(i=i)] = np.ascontiguousarray(_to_hf(a[i], layout, cfg))
-        elif layout in _FUSED:
-            fused.setdefault(hf, [None] * 3)[_FUSED[layout]] = _to_hf(a, layout, cfg)
-        else:
-            out[hf] = np.ascontiguousarray(_to_hf(a, layout, cfg))
-    for hf, parts in fused.items():
-        out[hf] = np.concatenate(parts, axis=0)
-    return out
+    return dict(namemap.write(hf_entries(cfg), params))
 
 
 VISION_PREFIXES = ("", "vision_model.", "vision_tower.vision_model.", "vision_tower.", "model.vision_tower.")
 
 
-def load_hf_vision(path: str, **overrides) -> tuple[VisionConfig, VisionEncoder]:
+def vision_prefix(tensors: hf_io.HFCheckpoint, cfg: VisionConfig) -> str:
+    """Which of `VISION_PREFIXES` the vision tensors of `tensors` carry (WeightsError if none)."""
+    probe = "embeddings.patch_embed.weight" if cfg.family == "aimv2" else "embeddings.patch_embedding.weight"
+    prefix = hf_io.find_prefix(tensors, probe, VISION_PREFIXES)
+    if prefix is None:
+        raise hf_io.WeightsError(f"no vision tensor {probe!r} (under any of {VISION_PREFIXES}) in {tensors.path!r}")
+    return prefix
+
+
+def strip_prefix(prefix: str) -> Callable[[str], str | None]:
+    """Rename for the loader: a name under `prefix` without it; any other name is not ours (None),
+    e.g. the text tower and projections of a two-tower CLIPModel directory."""
+    return lambda name: name[len(prefix):] if name.startswith(prefix) else None
+
+
+def load_hf_vision(path: str, *, mesh=None, **overrides) -> tuple[VisionConfig, VisionEncoder]:
     """Load a vision tower saved by `CLIPVisionModel/SiglipVisionModel/Siglip2VisionModel/
     Aimv2VisionModel.save_pretrained` (or a full CLIPModel/SiglipModel/... directory) into a
-    `VisionEncoder`. `overrides` are VisionConfig fields (dtype, param_dtype, rope2d, ...)."""
-    import jax.numpy as jnp
+    `VisionEncoder`, streamed tensor by tensor (sharded on `mesh` if given). `overrides` are
+    VisionConfig fields (dtype, param_dtype, rope2d, ...)."""
     from flax import nnx
 
-    from vlm_spatial.convert import hf_io
+    from vlm_spatial.convert import loader
 
     cfg = config_from_hf(hf_io.read_config(path), **overrides)
     tensors = hf_io.HFCheckpoint(path)
-    probe = ("embeddings.patch_embed.weight" if cfg.family == "aimv2" else "embeddings.patch_embedding.weight")
-    prefix = hf_io.find_prefix(tensors, probe, VISION_PREFIXES)
-    if prefix is None:
-        raise hf_io.WeightsError(f"no vision tensor {probe!r} (under any of {VISION_PREFIXES}) in {path!r}")
-    params = params_from_hf(lambda name: tensors[prefix + name], cfg)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0))))
-    dtype = jnp.dtype(cfg.param_dtype)
-    nnx.replace_by_pure_dict(state, _map(params, lambda a: jnp.asarray(a, dtype)))
-    return cfg, nnx.merge(graphdef, state)
-
-
-def _map(d: dict, fn) -> dict:
-    return {k: _map(v, fn) if isinstance(v, dict) else fn(v) for k, v in d.items()}
+    model = loader.load_module(
+        lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)), tensors, hf_entries(cfg),
+        rename=strip_prefix(vision_prefix(tensors, cfg)), mesh=mesh,
+    )
+    return cfg, model

@@ -1,9 +1,9 @@
-"""Putting converted parameters into modules without a random initialisation.
+"""Putting parameters into modules without a random initialisation.
 
-`module_from_params(make, params)` builds the module abstractly (`nnx.eval_shape`, no memory),
-checks that `params` (a nested dict as `nnx.to_pure_dict` gives) has exactly its tree and
-shapes, casts each leaf to the dtype the module declares and places it, with its sharding when
-`shardings` is given (a matching tree of `jax.sharding.Sharding`, e.g. from `parallel.py`).
+`abstract_params(make, mesh)` describes a module's parameters without allocating them
+(`nnx.eval_shape`): a tree of `jax.ShapeDtypeStruct` and, on a mesh, the tree of `NamedSharding`
+that `parallel.param_shardings` gives. Loaders fill that tree; `module_from_params(make, params)`
+checks the filled tree against the module and merges it in.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -39,19 +40,50 @@ def check_params(params: dict, target: dict) -> None:
         raise ValueError("parameters do not fit the model:\n  " + "\n  ".join(problems))
 
 
-def module_from_params(make: Callable[[], nnx.Module], params: dict, shardings: dict | None = None) -> nnx.Module:
-    """The module `make()` holding `params` (nested dict of arrays), cast to its declared dtypes.
+def abstract_module(make: Callable[[], nnx.Module]) -> nnx.Module:
+    """`make()` with `ShapeDtypeStruct`s for arrays (no memory). Built outside any mesh even under
+    `jax.set_mesh`, so logical axis names stay metadata (only `parallel.py` maps them to mesh axes)."""
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        return nnx.eval_shape(make)
 
-    With `shardings` (same tree, leaves `jax.sharding.Sharding`) each leaf is placed with its
-    sharding one at a time, so no device ever holds the whole model unsharded.
+
+def current_mesh() -> Mesh | None:
+    """The mesh set with `jax.set_mesh(...)`, or None outside one."""
+    mesh = jax.sharding.get_mesh()
+    return None if mesh.empty else mesh
+
+
+def abstract_params(make: Callable[[], nnx.Module], mesh: Mesh | None = None) -> tuple[dict, dict | None]:
+    """`(target, shardings)` for the parameters of `make()`, allocating nothing.
+
+    target: nested dict of `jax.ShapeDtypeStruct` (the dtypes the module declares). shardings:
+    the same tree of `NamedSharding` from the logical-axis rules on `mesh` (default: the current
+    mesh), or None without a mesh (everything on the default device).
     """
-    graphdef, state = nnx.split(nnx.eval_shape(make))
+    from vlm_spatial import parallel
+
+    state = nnx.state(abstract_module(make))
+    target = nnx.to_pure_dict(state)
+    mesh = mesh if mesh is not None else current_mesh()
+    return target, (parallel.param_shardings(state, mesh) if mesh is not None else None)
+
+
+def module_from_params(make: Callable[[], nnx.Module], params: dict, shardings: dict | None = None) -> nnx.Module:
+    """The module `make()` holding `params` (nested dict of numpy or jax arrays), cast to its
+    declared dtypes.
+
+    Arrays already on device stay there (no host round trip); numpy leaves are placed with
+    `shardings` (same tree, `jax.sharding.Sharding` leaves) when given, else on the default device.
+    """
+    graphdef, state = nnx.split(abstract_module(make))
     target = nnx.to_pure_dict(state)
     check_params(params, target)
 
     def place(spec, x, sharding=None):
-        x = np.asarray(x).astype(spec.dtype, copy=False)
-        return jax.device_put(x, sharding) if sharding is not None else jax.device_put(x)
+        if isinstance(x, jax.Array):
+            x = x if x.dtype == spec.dtype else x.astype(spec.dtype)
+            return x if sharding is None else jax.device_put(x, sharding)
+        return jax.device_put(np.asarray(x).astype(spec.dtype, copy=False), sharding)
 
     if shardings is None:
         placed = jax.tree.map(place, target, params)

@@ -1,0 +1,127 @@
+"""A vlm_spatial checkpoint -> a Hugging Face `LlavaForConditionalGeneration` directory.
+
+The directory holds what `save_pretrained` + `LlavaProcessor.save_pretrained` write: config.json,
+sharded safetensors (`model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`, or one
+`model.safetensors`), the tokenizer, and the processor files (`preprocessor_config.json`,
+`processor_config.json`) set up to preprocess as this codebase does: a plain bicubic resize to
+the encoder's `image_size` with its family's normalisation (NaFlex: the SigLIP2 patch budget).
+
+Tensors are produced one at a time from the restored params, cast to the export dtype, and
+written a shard at a time. 2D-RoPE variants: see `hf_llava` (settings under the `vlm_spatial`
+key, zero position table where the encoder has none); transformers runs them without the RoPE.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlm_spatial import checkpoint
+from vlm_spatial.convert import hf_io, hf_llava, namemap
+from vlm_spatial.convert import params as params_lib
+from vlm_spatial.models.vision import VisionConfig
+from vlm_spatial.models.vlm import VLM, VLMConfig
+
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def image_processor(vision: VisionConfig):
+    """The transformers image processor that preprocesses as `vlm_spatial.data.preprocess` does
+    for `vision` (PIL backend, which needs no torchvision)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    from vlm_spatial.data.preprocess import NORMS
+
+    if vision.naflex:
+        return Siglip2ImageProcessorPil(patch_size=vision.patch_size, max_num_patches=vision.max_num_patches)
+    mean, std = NORMS[vision.family]
+    side = {"height": vision.image_size, "width": vision.image_size}
+    if vision.family in ("clip", "aimv2"):
+        return CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False, image_mean=mean, image_std=std)
+    return SiglipImageProcessorPil(size=side, image_mean=mean, image_std=std)
+
+
+def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
+    """Tokenizer and processor files so that `LlavaProcessor.from_pretrained(out)` works offline
+    and expands `<image>` to `cfg.num_image_tokens` tokens. `preprocessor_config.json` is written
+    too, for tools that read the image processor from there (transformers 5 keeps it inside
+    `processor_config.json`)."""
+    from transformers import LlavaProcessor
+
+    images = image_processor(cfg.vision)
+    images.save_pretrained(out)
+    LlavaProcessor(
+        image_processor=images, tokenizer=tokenizer, patch_size=cfg.vision.patch_size,
+        vision_feature_select_strategy=cfg.vision_feature_select,
+        image_token=tokenizer.convert_ids_to_tokens(cfg.image_token_id),
+        num_additional_image_tokens=int(cfg.vision.cls_token),
+    ).save_pretrained(out)
+
+
+def write_config(out: str, cfg: VLMConfig, dtype: str) -> None:
+    """config.json of `LlavaForConditionalGeneration` for `cfg` (validated by transformers)."""
+    from transformers import LlavaConfig
+
+    hf_cfg = LlavaConfig.from_dict(hf_llava.config_to_hf(cfg))
+    hf_cfg.dtype = dtype
+    hf_cfg.save_pretrained(out)
+
+
+def notes(cfg: VLMConfig) -> list[str]:
+    """What a user of the exported directory must know (printed by the CLI)."""
+    v = cfg.vision
+    out = []
+    if v.rope2d:
+        out.append(
+            "transformers has no 2D-RoPE for this encoder: LlavaForConditionalGeneration.from_pretrained "
+            "runs this model WITHOUT its RoPE, so its outputs differ from vlm_spatial's. The RoPE settings "
+            f"are kept in config.json['{hf_llava.EXTRA_KEY}'] and restored exactly by vlm_spatial.load / "
+            "`python -m vlm_spatial.convert from-hf`."
+        )
+    pads = hf_llava.padding_tensors(cfg)
+    if pads:
+        out.append(f"the encoder has no absolute position embedding; {', '.join(pads)} is written as zeros "
+                   "for transformers and skipped when read back")
+    return out
+
+
+def to_hf(src: str, out: str, *, dtype: str | None = None, max_shard_size: int | str = "5GB") -> list[str]:
+    """Export the vlm_spatial checkpoint `src` to the Hugging Face directory `out` (module
+    docstring) with tensors in `dtype` (default: the checkpoint's param dtype). Returns `notes`.
+
+    Raises ValueError for a model transformers cannot express (e.g. a 'linear' projector) and
+    FileExistsError for a non-empty `out`.
+    """
+    cfg = checkpoint.read_config(src)
+    dtype = dtype or cfg.decoder.param_dtype
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype {dtype!r}; supported: {EXPORT_DTYPES}")
+    hf_llava.config_to_hf(cfg)  # fails early on what transformers cannot express
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it")
+    target, shardings = params_lib.abstract_params(lambda: VLM(cfg, rngs=nnx.Rngs(0)))
+    params = checkpoint.read_params(src, target, shardings)
+
+    np_dtype = jnp.dtype(dtype)
+    groups = namemap.by_hf_name(hf_llava.hf_entries(cfg))
+    pads = hf_llava.padding_tensors(cfg)
+    shapes = {**{name: g[0].hf_shape for name, g in groups.items()}, **pads}
+
+    def tensor(name: str) -> np.ndarray:
+        if name in pads:
+            return np.zeros(pads[name], np_dtype)
+        return namemap.hf_tensor(groups[name], params).astype(np_dtype)
+
+    sizes = {name: math.prod(shape) * np_dtype.itemsize for name, shape in shapes.items()}
+    hf_io.write_safetensors(out, hf_io.shard_plan(sizes, max_shard_size), tensor)
+    write_config(out, cfg, dtype)
+    tokenizer = checkpoint.read_tokenizer(src)
+    if tokenizer is not None:
+        write_processor(out, cfg, tokenizer)
+    return notes(cfg) + ([] if tokenizer is not None else
+                         ["the checkpoint has no tokenizer: no tokenizer or processor files were written"])

@@ -1,0 +1,117 @@
+"""Name maps as data: one `Entry` per (Hugging Face tensor, our parameter) pair.
+
+Every converter (`hf_vision`, `hf_decoder`, `hf_llava`) describes its model as a list of entries;
+the generic functions here read, write and check through such a list, and the streaming loader
+(`loader.py`) and the exporter (`export.py`) walk it one tensor at a time.
+
+- A per-layer HF tensor maps to one row (`layer`) of our parameter stacked on axis 0.
+- Several entries may share one HF tensor (SigLIP's fused `in_proj_weight` holds q, k and v):
+  reading hands each the whole tensor; writing concatenates their parts along axis 0 in order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+
+def copy(a: np.ndarray) -> np.ndarray:
+    """Same array (norm scales, biases, embeddings)."""
+    return a
+
+
+def transpose(a: np.ndarray) -> np.ndarray:
+    """Linear kernel `[in, out]` <-> HF weight `[out, in]`."""
+    return a.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One HF tensor `hf` (shape `hf_shape`) <-> our parameter at `path` (row `layer` of a stacked
+    parameter, or the whole parameter when `layer` is None). `to_ours(hf array)` gives our array
+    (one row when stacked); `to_hf(our array or row)` gives the HF tensor, or this entry's part of a
+    tensor shared by several entries."""
+
+    hf: str
+    path: tuple[str, ...]
+    layer: int | None
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray] = copy
+    to_hf: Callable[[np.ndarray], np.ndarray] = copy
+
+    def under(self, hf_prefix: str, path_prefix: tuple[str, ...]) -> "Entry":
+        """This entry with `hf_prefix` before the HF name and `path_prefix` before our path."""
+        return dataclasses.replace(self, hf=hf_prefix + self.hf, path=path_prefix + self.path)
+
+
+def under(entries: Iterable[Entry], hf_prefix: str, path_prefix: tuple[str, ...]) -> list[Entry]:
+    """`Entry.under` for every entry."""
+    return [e.under(hf_prefix, path_prefix) for e in entries]
+
+
+def expected_shapes(entries: Iterable[Entry]) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape, for every HF tensor the entries read."""
+    return {e.hf: tuple(e.hf_shape) for e in entries}
+
+
+def by_hf_name(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
+    """HF tensor name -> the entries it feeds (several for fused tensors), in order."""
+    out: dict[str, list[Entry]] = {}
+    for e in entries:
+        out.setdefault(e.hf, []).append(e)
+    return out
+
+
+def set_path(tree: dict, path: Sequence[str], value) -> None:
+    """`tree[path[0]][path[1]]... = value`, creating the nested dicts on the way."""
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def get_path(tree: dict, path: Sequence[str]):
+    """`tree[path[0]][path[1]]...`."""
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def read(entries: Sequence[Entry], get: Callable[[str], np.ndarray], dtype=None) -> dict:
+    """Nested params (numpy) from `get(hf_name) -> array`, per-layer tensors stacked on axis 0.
+
+    Arrays keep `get`'s dtype unless `dtype` is given. A missing tensor raises whatever `get`
+    raises (KeyError naming it for a dict); a mis-shaped one raises ValueError naming it.
+    """
+    rows: dict[tuple, dict[int | None, np.ndarray]] = {}
+    for name, group in by_hf_name(entries).items():
+        a = np.asarray(get(name))
+        if tuple(a.shape) != group[0].hf_shape:
+            raise ValueError(f"HF tensor {name!r}: expected shape {group[0].hf_shape}, got {tuple(a.shape)}")
+        for e in group:
+            value = e.to_ours(a)
+            rows.setdefault(e.path, {})[e.layer] = value if dtype is None else value.astype(dtype)
+    params: dict = {}
+    for path, by_layer in rows.items():
+        value = by_layer[None] if None in by_layer else np.stack([by_layer[i] for i in sorted(by_layer)])
+        set_path(params, path, np.ascontiguousarray(value))
+    return params
+
+
+def hf_tensor(group: Sequence[Entry], params: dict) -> np.ndarray:
+    """The HF tensor of the entries `group` (all with one HF name) from nested params, as numpy.
+
+    A stacked parameter is sliced to its row before it leaves the device, so only one HF tensor
+    is ever on the host.
+    """
+    parts = []
+    for e in group:
+        leaf = get_path(params, e.path)
+        parts.append(np.asarray(e.to_hf(np.asarray(leaf if e.layer is None else leaf[e.layer]))))
+    return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
+
+
+def write(entries: Sequence[Entry], params: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """`(HF name, numpy tensor)` one at a time from nested params; inverse of `read`."""
+    for name, group in by_hf_name(entries).items():
+        yield name, hf_tensor(group, params)
