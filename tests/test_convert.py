@@ -156,6 +156,10 @@ def vision_dir(tmp_path, family):
     randomise(model, seed=1)
     path = str(tmp_path / f"vision-{family}")
     model.eval().save_pretrained(path)
+    if family == "clip":  # as in openai/clip-vit-large-patch14-336: saved position_ids buffers
+        weights = load_file(os.path.join(path, "model.safetensors"))
+        weights.update({f"{t}_model.embeddings.position_ids": np.arange(17)[None] for t in ("text", "vision")})
+        save_file(weights, os.path.join(path, "model.safetensors"))
     return path, tower
 
 

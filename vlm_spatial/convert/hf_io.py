@@ -17,6 +17,9 @@ import numpy as np
 from safetensors import safe_open
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Buffers older transformers saved beside the weights (e.g. in openai/clip-vit-large-patch14-336):
+# recomputed by every model, never read.
+BUFFER_SUFFIXES = ("embeddings.position_ids", "rotary_emb.inv_freq")
 
 
 class WeightsError(ValueError):
@@ -94,6 +97,11 @@ class HFCheckpoint(Mapping[str, np.ndarray]):
         """`(file, tensor names in it)` for every shard, in shard order: the reading order of a
         streaming loader, which then touches one shard at a time."""
         return list(self._by_file.items())
+
+
+def is_buffer(name: str) -> bool:
+    """Whether tensor `name` is a saved buffer (`BUFFER_SUFFIXES`) rather than a weight."""
+    return name.endswith(BUFFER_SUFFIXES)
 
 
 def find_prefix(names: Iterable[str], probe: str, candidates: Iterable[str]) -> str | None:

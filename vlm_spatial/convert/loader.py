@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_spatial.convert import namemap, params as params_lib
-from vlm_spatial.convert.hf_io import HFCheckpoint, WeightsError, check_tensors
+from vlm_spatial.convert.hf_io import HFCheckpoint, WeightsError, check_tensors, is_buffer
 
 
 def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
@@ -90,7 +90,8 @@ def load_params(
     `target`: nested dict of `jax.ShapeDtypeStruct` (shapes and dtypes the model declares, e.g.
     from `params.abstract_params`); `shardings`: the same tree of `NamedSharding`, or None for
     the default device. `entries` must cover every leaf of `target`. `rename(name on disk)` gives
-    the entries' name for a tensor, or None for a tensor that is not part of this model (skipped).
+    the entries' name for a tensor, or None for a tensor that is not part of this model (skipped,
+    as are saved buffers such as `embeddings.position_ids`).
     Raises `WeightsError` listing every missing, unexpected and mis-shaped tensor by name before
     anything is read.
     """
@@ -103,7 +104,7 @@ def load_params(
     on_disk = {}
     for name in tensors:
         ours = rename(name)
-        if ours is not None:
+        if ours is not None and not is_buffer(ours):
             on_disk[ours] = name
     check_tensors({ours: tensors.shape(name) for ours, name in on_disk.items()},
                   namemap.expected_shapes(entries), source=tensors.path)
