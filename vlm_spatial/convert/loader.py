@@ -5,7 +5,8 @@ tensor is converted to our layout (`namemap.Entry.to_ours`), cast to the dtype t
 and placed at once with its target sharding. A parameter stacked over layers is allocated on the
 device(s) first and its rows are written in place as they arrive (a jitted update that donates
 the buffer), so the host never holds a second copy of the model: peak memory is the placed model
-plus about one tensor (twice, while it is being transposed/cast).
+plus a couple of copies of its largest tensor (read, transposed/cast) and the compiled row
+writers; `perf/load_peak_rss.py` measures it.
 """
 from __future__ import annotations
 
