@@ -253,15 +253,6 @@ def train_stage(
                 step += 1
                 now = time.time()
                 dt, t_last = now - t_last, now
-                if not math.isfinite(m["loss"]):
-                    if ckpt is not None:
-                        ckpt.wait()
-                    last = ckpt.latest_step() if ckpt is not None else None
-                    raise NonFiniteLoss(
-                        f"stage {spec.name}: loss is {m['loss']} at step {step}; stopping. Last good "
-                        f"checkpoint: step {last} in {ckpt.directory if ckpt else '(none)'}. Lower the lr "
-                        f"(--config.stages.{spec.name}.lr) or check the data."
-                    )
                 flops = mfu_lib.train_flops_per_step(
                     n_vision=pc.get("vision", 0), n_projector=pc.get("projector", 0), n_decoder=pc.get("decoder", 0),
                     trainable_parts=spec.trainable_parts, batch=spec.global_batch,
@@ -276,6 +267,15 @@ def train_stage(
                 record = {"stage": spec.name, "step": step, **m, "tokens_per_s": tps, "mfu": mfu,
                           "step_time_s": dt, "time": now}
                 writer.write(record)
+                if not math.isfinite(m["loss"]):
+                    if ckpt is not None:
+                        ckpt.wait()
+                    last = ckpt.latest_step() if ckpt is not None else None
+                    raise NonFiniteLoss(
+                        f"stage {spec.name}: loss is {m['loss']} at step {step}; stopping. Last good "
+                        f"checkpoint: step {last} in {ckpt.directory if ckpt else '(none)'}. Lower the lr "
+                        f"(--config.stages.{spec.name}.lr) or check the data."
+                    )
                 post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}", "tok/s": f"{tps:,.0f}"}
                 post["mfu"] = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
                 bar.set_postfix(post, refresh=False)
