@@ -16,7 +16,7 @@ from vlm_spatial.data.synthetic import DEFAULT_FAMILIES
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # the knobs a researcher edits, set away from the defaults so the test sees them reach the model
 KNOB_EDITS = {'family="clip"': 'family="aimv2"', "rope2d_theta=100.0": "rope2d_theta=1000.0",
-              "rope2d_layers=None": "rope2d_layers=[1]", "keep_abs_pos_emb=True": "keep_abs_pos_emb=False"}
+              "rope2d_layers=None": "rope2d_layers=[0]", "keep_abs_pos_emb=True": "keep_abs_pos_emb=False"}
 
 
 def _execute(nb, cwd: Path):
@@ -69,7 +69,7 @@ def test_ablation_then_inspect(tmp_path):
     assert {k for k in base_v if base_v[k] != rope_v[k]} == {"rope2d", "rope2d_theta", "rope2d_layers",
                                                             "keep_abs_pos_emb"}
     assert (rope_v["family"], rope_v["rope2d"], rope_v["rope2d_theta"], rope_v["rope2d_layers"],
-            rope_v["keep_abs_pos_emb"]) == ("aimv2", True, 1000.0, [1], False)
+            rope_v["keep_abs_pos_emb"]) == ("aimv2", True, 1000.0, [0], False)
     assert base_v["rope2d"] is False
 
     assert "score depends only on (dr, dc): True" in "".join(_outputs(nb, "stream"))
