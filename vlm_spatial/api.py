@@ -189,7 +189,8 @@ def load(
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model at {path!r}")
-    from_hf = os.path.isfile(os.path.join(path, "config.json"))
+    ours = os.path.isfile(os.path.join(path, checkpoint.CONFIG_FILE)) or os.path.isdir(os.path.join(path, "checkpoints"))
+    from_hf = not ours and os.path.isfile(os.path.join(path, "config.json"))  # a training workdir has a config.json too
     cfg = hf_llava.read_config(path) if from_hf else checkpoint.read_config(path)
     cfg = checkpoint.with_dtypes(cfg, dtype, param_dtype)
     make = lambda: VLM(cfg, rngs=nnx.Rngs(0))  # noqa: E731
