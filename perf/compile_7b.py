@@ -9,10 +9,15 @@ from `compiled.memory_analysis()` of the per-device (SPMD-partitioned) program.
 
 Without accelerators, run it on fake CPU devices (the script sets
 `--xla_force_host_platform_device_count` to the mesh size before jax starts). The CPU compiler is
-not the GPU compiler: it keeps float32 copies of some bf16 buffers (e.g. of the stacked layer
-inputs saved for the backward pass) and fuses differently, so its figures over-estimate a GPU's;
-re-run on the GPU node for the A40 answer. `XLA_FLAGS=--xla_dump_to=DIR` writes
-`DIR/*memory-usage-report.txt`, the largest buffers behind a figure.
+not the GPU compiler: it computes bf16 in float32 and keeps float32 copies of bf16 buffers, so its
+figures over-estimate a GPU's. The largest such copy is separable and the script reports it: the
+stack of per-layer decoder inputs saved for the backward pass ([layers, rows, T, D], bf16) is
+held whole in float32 on CPU (XLA:CPU converts it around the dynamic slicing of the backward
+loop), twice its GPU size. The per-layer working set has smaller float32 copies (e.g. of the MLP
+activations) that are not subtracted. Attention on CPU is XLA's, in query blocks; a GPU runs
+cuDNN flash attention (`models/layers.attention`), which holds no scores at all. Re-run on the
+GPU node for the A40 answer. `XLA_FLAGS=--xla_dump_to=DIR` writes `DIR/*memory-usage-report.txt`,
+the largest buffers behind a figure.
 
     python perf/compile_7b.py                                  # fsdp=8, 16 rows/device, 2048 tokens, remat full
     python perf/compile_7b.py --remat none
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 
@@ -61,6 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def device_count(mesh: dict[str, int], devices: int) -> int:
     """Devices the mesh needs: the product of its sizes, or `devices` when one size is -1."""
     return devices if -1 in mesh.values() else math.prod(mesh.values())
+
+
+def cpu_f32_stack_bytes(hlo_text: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a float32 `convert` of the bf16 layer-input stack `shape` ([layers, rows, T, D])
+    in the compiled program's HLO text (XLA:CPU makes one; a GPU keeps the stack bf16), else 0."""
+    pattern = re.escape("f32[" + ",".join(map(str, shape)) + "]") + r"\{[^}]*\} convert\("
+    return 4 * math.prod(shape) if re.search(pattern, hlo_text) else 0
 
 
 def gib(n: float) -> str:
@@ -143,11 +156,19 @@ def main(argv=None) -> dict:
     fits = total <= A40_BYTES
     print(f"A40 ({A40_BYTES / 2**30:.1f} GiB usable): {'fits' if fits else 'does NOT fit'} "
           f"({100 * total / A40_BYTES:.0f}% of it)")
+    rows = global_batch // args.grad_accum // dp
+    stack = cpu_f32_stack_bytes(compiled.as_text(), (decoder.num_layers, rows, t, decoder.hidden_size))
+    if stack:
+        gpu = total - stack // 2
+        print(f"CPU-only excess: the bf16 layer-input stack [{decoder.num_layers},{rows},{t},"
+              f"{decoder.hidden_size}] is held as float32 ({gib(stack).strip()}; a GPU keeps "
+              f"{gib(stack // 2).strip()} of bf16). GPU estimate {gib(gpu).strip()}, "
+              f"{'fits' if gpu <= A40_BYTES else 'does NOT fit'} ({100 * gpu / A40_BYTES:.0f}% of an A40)")
     sys.stdout.flush()
     return {"total": total, "temp": mem.temp_size_in_bytes, "arguments": mem.argument_size_in_bytes,
             "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes,
-            "compile_s": t3 - t2, "fits_a40": fits, "n_params": n_params, "n_trainable": n_train,
-            "global_batch": global_batch, "devices": mesh.size}
+            "compile_s": t3 - t2, "fits_a40": fits, "cpu_f32_stack": stack, "n_params": n_params,
+            "n_trainable": n_train, "global_batch": global_batch, "devices": mesh.size}
 
 
 if __name__ == "__main__":

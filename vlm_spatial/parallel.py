@@ -172,6 +172,17 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, pa
     )
 
 
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """`x` constrained to the sharding its logical axis `names` map to on the mesh in context
+    (`jax.set_mesh`, or `jax.sharding.use_abstract_mesh` inside a jitted step), so activations
+    follow the batch instead of the FSDP-sharded weights. Unchanged without a mesh (one device,
+    tests, inference). Dims not divisible by their mesh axes stay replicated."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
 def batch_spec(ndim: int) -> P:
     """Batch dim over ('data','fsdp'), the rest replicated."""
     rule = LOGICAL_AXIS_RULES["batch"]

@@ -185,12 +185,15 @@ class KVCache:
 
 @flax.struct.dataclass
 class DecoderOutput:
-    """logits `[B, T, V]` float32; hidden_states `[L+1, B, T, D]` (0 = embeddings, i = output of
-    layer i, L = after the final norm; None if not requested); cache the updated KVCache or None."""
+    """logits `[B, T, V]` float32 (None if not requested); hidden_states `[L+1, B, T, D]`
+    (0 = embeddings, i = output of layer i, L = after the final norm; None if not requested);
+    cache the updated KVCache or None; last_hidden_state `[B, T, D]` after the final norm
+    (compute dtype): `Decoder.logits(last_hidden_state) == logits`."""
 
-    logits: jax.Array
+    logits: jax.Array | None
     hidden_states: jax.Array | None
     cache: KVCache | None
+    last_hidden_state: jax.Array
 
 
 class Attention(nnx.Module):
@@ -293,6 +296,7 @@ class Decoder(nnx.Module):
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         output_hidden_states: bool = True,
+        output_logits: bool = True,
     ) -> DecoderOutput:
         """Run the LM.
 
@@ -301,27 +305,29 @@ class Decoder(nnx.Module):
         None = all real). With a `cache`, the T new tokens are written at slots
         `[cache.index, cache.index + T)` and attend to every valid earlier slot plus causally
         within the block; the returned cache has `index + T`.
-        Returns DecoderOutput(logits `[B,T,V]` f32, hidden_states `[L+1,B,T,D]` or None, cache).
+        Training passes `output_hidden_states=False, output_logits=False` and computes the loss
+        from `last_hidden_state` in chunks (`training.step`): neither the `[L+1,B,T,D]` stack nor
+        the `[B,T,V]` logits (and their gradients) then exist.
+        Returns DecoderOutput(logits `[B,T,V]` f32 or None, hidden_states `[L+1,B,T,D]` or None,
+        cache, last_hidden_state `[B,T,D]`).
         """
         cfg = self.cfg
         b, t, _ = inputs_embeds.shape
-        x = inputs_embeds.astype(cfg.compute_dtype)
+        x = L.shard_activation(inputs_embeds.astype(cfg.compute_dtype))
         real = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
         cos, sin = rope.rope_table(positions.astype(jnp.int32), inv_freq)
 
-        if cache is None:
-            q_pos = jnp.arange(t)
-            k_pos = q_pos
+        if cache is None:  # causal over real keys (+ self): the fused kernel's form on GPU
             key_valid = real
-        else:
+            masking = dict(is_causal=True, key_mask=real)
+        else:  # [B, 1, T, S]: real key not in the future, or the query's own slot
             q_pos = cache.index + jnp.arange(t)
             k_pos = jnp.arange(cache.max_len)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, cache.index))
-        # [B, 1, T, S]: real key not in the future, or the query's own slot
-        allowed = (k_pos[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
-        allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
-        mask = allowed[:, None]
+            allowed = (k_pos[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
+            allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
+            masking = dict(mask=allowed[:, None])
 
         def attend(layer: DecoderLayer, h, kv):
             """Pre-norm attention sublayer; kv = None or (k_all, v_all, layer_idx)."""
@@ -334,13 +340,13 @@ class Decoder(nnx.Module):
                 v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
                 k, v = k_all[i], v_all[i]
                 kv = (k_all, v_all)
-            o = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+            o = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), **masking)
             return h + layer.self_attn.out(o), kv
 
         def body(carry, layer: DecoderLayer, i):
             h, kv = carry
-            h, kv = attend(layer, h, None if kv is None else (*kv, i))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h, kv = attend(layer, L.shard_activation(h), None if kv is None else (*kv, i))
+            h = L.shard_activation(h + layer.mlp(layer.post_attention_layernorm(h)))
             return (h, kv), (h if output_hidden_states else None)
 
         kv0 = None if cache is None else (cache.k, cache.v)
@@ -349,7 +355,7 @@ class Decoder(nnx.Module):
             remat_policy=cfg.remat_policy,
         )
         h = self.norm(h)
-        logits = self.logits(h)
+        logits = self.logits(h) if output_logits else None
 
         hidden_states = None
         if output_hidden_states:
@@ -357,7 +363,7 @@ class Decoder(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=kv[0], v=kv[1], valid=key_valid, index=cache.index + t)
-        return DecoderOutput(logits=logits, hidden_states=hidden_states, cache=new_cache)
+        return DecoderOutput(logits=logits, hidden_states=hidden_states, cache=new_cache, last_hidden_state=h)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

@@ -498,7 +498,8 @@ class VisionEncoder(nnx.Module):
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
 
         def body(h, layer, use_rope):
-            h = layer(h, mask=attn_mask, rope_table=rope_table, use_rope=use_rope)
+            h = layers.shard_activation(layer(layers.shard_activation(h), mask=attn_mask, rope_table=rope_table,
+                                              use_rope=use_rope))
             return h, h
 
         final, ys = layers.scan_layers(

@@ -133,12 +133,15 @@ class VLM(nnx.Module):
         pixel_attention_mask=None,
         spatial_shapes=None,
         cache=None,
+        output_hidden_states=True,
+        output_logits=True,
     ):
         """Logits for `input_ids [B,T]` and one image per row `pixel_values [B,H,W,3]` (or None).
 
         `attention_mask [B,T]` (1 = real token) defaults to all ones; positions default to the
         count of real tokens before each one. Returns the decoder's output (`.logits` float32
-        `[B,T,V]`, `.hidden_states`, `.cache`).
+        `[B,T,V]`, `.hidden_states`, `.cache`, `.last_hidden_state`); `output_hidden_states` and
+        `output_logits` go to the decoder (training turns both off and computes a chunked loss).
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -147,4 +150,7 @@ class VLM(nnx.Module):
         embeds = self.embed_inputs(
             input_ids, pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
         )
-        return self.decoder(embeds, positions=positions, attention_mask=attention_mask, cache=cache)
+        return self.decoder(
+            embeds, positions=positions, attention_mask=attention_mask, cache=cache,
+            output_hidden_states=output_hidden_states, output_logits=output_logits,
+        )

@@ -24,6 +24,7 @@ from vlm_spatial import parallel
 from vlm_spatial.training.optimizer import merge_params, split_params
 
 IGNORE_INDEX = -100
+LOSS_CHUNK = 256  # tokens per block of the chunked loss: 16 rows x 256 x 32064 vocab float32 = 0.5 GiB
 MODEL_INPUTS = ("input_ids", "pixel_values", "attention_mask", "pixel_attention_mask", "spatial_shapes")
 
 
@@ -41,6 +42,37 @@ def shifted_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Arr
     picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
     nll = jnp.where(mask, logz - picked, 0.0)
     return nll.sum(), mask.sum().astype(jnp.float32)
+
+
+def chunked_shifted_cross_entropy(
+    hidden: jax.Array, labels: jax.Array, logits_fn: Callable[[jax.Array], jax.Array], chunk: int = LOSS_CHUNK
+) -> tuple[jax.Array, jax.Array]:
+    """`shifted_cross_entropy(logits_fn(hidden), labels)` without the `[B, T, V]` logits.
+
+    hidden `[B, T, D]` (the decoder's final normed state), labels `[B, T]`, `logits_fn` maps
+    `[B, c, D]` to float32 logits `[B, c, V]`. A `lax.scan` over blocks of `chunk` positions (T
+    padded up to a multiple with ignored targets), each under `jax.checkpoint`, so forward and
+    backward hold one block's logits at a time. Returns `(sum of token losses [], target count [])`.
+    """
+    b, t, d = hidden.shape
+    chunk = min(chunk, t)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    targets = jnp.concatenate([labels[:, 1:], jnp.full((b, 1 + pad), IGNORE_INDEX, labels.dtype)], axis=1)
+    hs = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(total, xs):
+        h, tgt = xs
+        logits = parallel.constrain(logits_fn(h).astype(jnp.float32), ("batch", None, "vocab"))
+        mask = tgt != IGNORE_INDEX
+        picked = jnp.take_along_axis(logits, jnp.where(mask, tgt, 0)[..., None], axis=-1)[..., 0]
+        nll = jnp.where(mask, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+        return total + nll.sum(), None
+
+    total, _ = jax.lax.scan(block, jnp.zeros((), jnp.float32), (hs, ts))
+    return total, (targets != IGNORE_INDEX).sum().astype(jnp.float32)
 
 
 def pure_to_state(abstract_state: nnx.State, pure: dict) -> nnx.State:
@@ -94,8 +126,8 @@ def make_train_step(
         params = merge_params(trainable, frozen)
         model = nnx.merge(graphdef, pure_to_state(abstract_params, params), rest)
         kwargs = {k: mb[k] for k in MODEL_INPUTS[2:] if k in mb}
-        out = model(mb["input_ids"], mb["pixel_values"], **kwargs)
-        return shifted_cross_entropy(out.logits, mb["labels"])
+        out = model(mb["input_ids"], mb["pixel_values"], **kwargs, output_hidden_states=False, output_logits=False)
+        return chunked_shifted_cross_entropy(out.last_hidden_state, mb["labels"], model.decoder.logits)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -164,10 +196,17 @@ def state_shardings(abstract_state: dict, params_shardings: dict, tx, trainable_
 
 
 def jit_train_step(train_step, state_sh: dict, batch_sh: dict, *, donate: bool = True):
-    """`jax.jit` with explicit in/out shardings; the state is donated (updated in place)."""
+    """`jax.jit` with explicit in/out shardings; the state is donated (updated in place). The step
+    is traced with the mesh in context, so the model's activation constraints apply."""
+    mesh = next(iter(jax.tree.leaves(state_sh))).mesh
+
+    def step_on_mesh(state, batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(state, batch)
+
     return jax.jit(
-        train_step,
+        step_on_mesh,
         in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, parallel.replicated(next(iter(jax.tree.leaves(state_sh))).mesh)),
+        out_shardings=(state_sh, parallel.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
