@@ -2,6 +2,9 @@
 from setuptools import find_packages, setup
 
 TORCH = "torch==2.13.0"  # the CPU wheel; a bare `torch` pulls a multi-GB CUDA build
+# the synthetic set as a TFDS ArrayRecord dataset (no TensorFlow; ~216 MB, mostly pyarrow);
+# importlib_resources: tensorflow-datasets 4.9.10 imports it without declaring it (tfds #11212)
+TFDS = ["tensorflow-datasets>=4.9.10", "importlib_resources"]
 
 setup(
     name="vlm_spatial",
@@ -29,11 +32,10 @@ setup(
     extras_require={
         # torch-side: parity tests against transformers and HF weight conversion
         "torch": [TORCH],
-        "dev": [TORCH, "pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        # tests run the TFDS path and the parquet benchmark loaders (pyarrow) too
+        "dev": [TORCH, *TFDS, "pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
-        # the synthetic set as a TFDS ArrayRecord dataset (no TensorFlow; ~216 MB, mostly pyarrow);
-        # importlib_resources: tensorflow-datasets 4.9.10 imports it without declaring it (tfds #11212)
-        "tfds": ["tensorflow-datasets>=4.9.10", "importlib_resources"],
+        "tfds": TFDS,
     },
 )
