@@ -23,7 +23,8 @@ Fields (validated by `vlm_spatial.config_check` before anything heavy starts):
   model.dtype / param_dtype    compute dtype (bf16) / master weights (fp32); the loss is fp32
   model.remat_policy       'none' | 'dots' | 'full' (activation recomputation in both towers)
   data.kind                'llava' (LLaVA JSON + image folders, per stage below) | 'synthetic'
-  data.synthetic.*         the synthetic set: generated into `dir` (default WORKDIR/synthetic) if absent
+  data.synthetic.*         the synthetic set (question families, sizes): generated into `dir`
+                           (default WORKDIR/synthetic) if absent
   data.max_len, bucket_lengths   longest sequence; the padded lengths a batch may take
   data.num_workers         image-decoding processes; data.resize_mode 'resize' | 'pad' (LLaVA's
                            expand-to-square)
@@ -102,7 +103,8 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         bucket_lengths=(512, 1024, 2048),
         num_workers=8,
         resize_mode="resize",
-        synthetic=dict(dir="", num_train=4000, num_test=500, image_size=32, questions_per_image=1, seed=0),
+        synthetic=dict(dir="", num_train=4000, num_test=500, image_size=32, questions_per_image=1, seed=0,
+                       families=("left_right", "above_below", "closer", "count", "relation_mc")),
     )
     c.stages = dict(
         # stage 1: projector only on LLaVA-Pretrain (558k captions), per-device batch 32 on 8 GPUs
@@ -120,32 +122,34 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same variant, tiny and from scratch, on the synthetic spatial set (a laptop CPU job).
 
-    The encoder is the variant family's tiny preset (same switches, 2D-RoPE as the variant) and
-    the decoder a tiny LLaMA; nothing is pretrained, so stage 2 also trains the encoder.
+    The encoder is the variant family's tiny preset (same switches, 2D-RoPE as the variant) and the
+    decoder a tiny LLaMA. Nothing is pretrained, so unlike the paper's recipe every part trains in
+    both stages: stage 1 grounds the towers on captions that name each object and its position,
+    stage 2 answers four questions per image.
     """
     family_preset = TINY_FAMILY_PRESET[c.variant.split("_")[0]]
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.model.random_init = True
     c.model.vision = family_preset
     c.model.decoder = "tiny-llama"
     c.model.vision_overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, patch_size=8)
-    c.model.decoder_overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+    c.model.decoder_overrides = dict(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
                                      num_kv_heads=4, head_dim=16, max_position_embeddings=256)
     c.model.image_size = 32
-    c.model.rope2d_theta = 100.0
     c.model.dtype = "float32"  # CPU: bf16 matmuls are emulated and slower
     c.model.remat_policy = "none"
     c.data.kind = "synthetic"
-    c.data.max_len = 128
-    c.data.bucket_lengths = (64, 96, 128)
+    c.data.max_len = 160
+    c.data.bucket_lengths = (40, 160)
     c.data.num_workers = 0
-    c.data.synthetic = dict(dir="", num_train=4000, num_test=500, image_size=32, questions_per_image=2, seed=0)
-    c.stages.pretrain = _stage(trainable_parts=("projector",), lr=1e-3, global_batch=32, num_steps=60,
-                               warmup_ratio=0.03, template="plain", synthetic_split="pretrain")
-    c.stages.finetune = _stage(trainable_parts=("projector", "lm", "vision"), lr=1e-3, global_batch=32,
-                               num_steps=1200, warmup_ratio=0.03, template="vicuna_v1", synthetic_split="train")
-    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=64, limit=0)
-    c.checkpoint = dict(save_every=200, keep=2, async_save=True)
+    c.data.synthetic = dict(dir="", num_train=8000, num_test=500, image_size=32, questions_per_image=2, seed=0,
+                            families=("left_right", "above_below"))
+    all_parts = ("projector", "lm", "vision")
+    c.stages.pretrain = _stage(trainable_parts=all_parts, lr=2e-3, global_batch=32, num_steps=800,
+                               template="plain", synthetic_split="pretrain")
+    c.stages.finetune = _stage(trainable_parts=all_parts, lr=2e-3, global_batch=32, num_steps=1000,
+                               template="vicuna_v1", synthetic_split="train")
+    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=100, limit=0)
+    c.checkpoint = dict(save_every=250, keep=2, async_save=True)
     return c
 
 

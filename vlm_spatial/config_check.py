@@ -261,6 +261,13 @@ def validate(config, num_devices: int, num_processes: int = 1, source: str = "th
         for f in ("num_train", "num_test", "image_size", "questions_per_image"):
             ck.number(f"data.synthetic.{f}", int, 1)
         ck.number("data.synthetic.seed", int, 0)
+        from vlm_spatial.data.synthetic import FAMILIES
+
+        fams = ck.get("data.synthetic.families", (tuple, list))
+        if fams is not None:
+            bad = [f for f in split_parts(fams) if f not in FAMILIES]
+            if bad or not split_parts(fams):
+                ck.bad("data.synthetic.families", f"{bad or 'empty'}: put a tuple of {', '.join(FAMILIES)}")
     for name in TRAIN_STAGES:
         if name in run:
             _check_stage(ck, name, data_kind, batch_shards, num_processes)

@@ -6,11 +6,13 @@ set, generating it first (`ensure_synthetic`) when its folder holds none.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import jax
 
+from vlm_spatial.config_check import split_parts
 from vlm_spatial.data.preprocess import ImageConfig
 from vlm_spatial.models.vlm import VLMConfig
 
@@ -27,14 +29,23 @@ def ensure_synthetic(config, workdir: str, log=print) -> str:
 
     out = synthetic_dir(config, workdir)
     s = config.data.synthetic
-    if not os.path.isfile(os.path.join(out, "info.json")) and jax.process_index() == 0:
+    want = dict(num_train=s.num_train, num_test=s.num_test, seed=s.seed, image_size=s.image_size,
+                families=list(split_parts(s.families)), questions_per_image=s.questions_per_image)
+    info_path = os.path.join(out, "info.json")
+    if not os.path.isfile(info_path) and jax.process_index() == 0:
         from vlm_spatial.data.synthetic import generate
 
         log(f"generating the synthetic spatial set in {out} ({s.num_train} train / {s.num_test} test images)")
-        generate(out, num_train=s.num_train, num_val=0, num_test=s.num_test, seed=s.seed,
-                 image_size=s.image_size, questions_per_image=s.questions_per_image)
+        generate(out, num_val=0, **want)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("synthetic set written")
+    with open(info_path) as f:
+        info = json.load(f)
+    differ = {k: (info.get(k), v) for k, v in want.items() if info.get(k) != v}
+    if differ:
+        raise ValueError(f"data.synthetic.dir {out} holds a set made with other settings "
+                         f"({', '.join(f'{k}={a!r}, config {b!r}' for k, (a, b) in differ.items())}); "
+                         f"point data.synthetic.dir at a new folder or set data.synthetic.* to match")
     return out
 
 
