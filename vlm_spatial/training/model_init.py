@@ -108,12 +108,13 @@ def load_initial_params(path: str, ckpt_cfg: VLMConfig, run_cfg: VLMConfig, para
     def adapt(picked):
         out = {}
         for p, x in picked.items():
+            x = x.astype(want[p].dtype)
             if p == ("vision", "position_embedding") and x.shape != want[p].shape:
                 x = resize_position_embedding(x, ckpt_cfg.vision, run_cfg.vision)
             if x.shape != want[p].shape:
                 raise ValueError(f"checkpoint parameter {'.'.join(map(str, p))} has shape {x.shape}, "
                                  f"the model wants {want[p].shape}")
-            out[p] = x.astype(want[p].dtype)
+            out[p] = x
         return unflatten_dict(out)
 
     return jax.jit(adapt, out_shardings=params_shardings)(picked)

@@ -1,0 +1,40 @@
+"""The model a run starts from: an assembled checkpoint with the run's switches laid over it, its
+parameters restored into their shards as fp32 master weights, the learned position grid resized."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import aimv2_2drope
+from vlm_spatial import checkpoint, parallel
+from vlm_spatial.models.presets import vlm_config
+from vlm_spatial.models.vlm import VLM
+from vlm_spatial.training import model_init
+
+
+def test_initial_params_from_checkpoint_resized_cast_and_sharded(tmp_path):
+    # an "assembled" bf16 checkpoint of a 32 px AIMv2-style model (4x4 learned position grid)
+    src = vlm_config("tiny-aimv2", "tiny-llama", vision_overrides=dict(param_dtype="bfloat16"),
+                     decoder_overrides=dict(param_dtype="bfloat16"))
+    params = nnx.to_pure_dict(nnx.state(VLM(src, rngs=nnx.Rngs(0)), nnx.Param))
+    checkpoint.write_model(str(tmp_path / "ckpt"), src, params, None)
+    c = aimv2_2drope.get_config("tiny").model
+    c.image_size = 48  # 6x6 grid
+    run_cfg = model_init.checkpoint_vlm_config(c, model_init.read_checkpoint_config(str(tmp_path / "ckpt")))
+    assert (run_cfg.vision.rope2d, run_cfg.vision.image_size, run_cfg.vision.param_dtype) == (True, 48, "float32")
+    assert run_cfg.decoder.num_layers == src.decoder.num_layers  # the architecture is the checkpoint's
+    mesh = parallel.make_mesh(data=1, fsdp=4, tensor=2)
+    abstract = nnx.state(nnx.eval_shape(lambda: VLM(run_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shardings = parallel.param_shardings(abstract, mesh)
+    got = model_init.load_initial_params(str(tmp_path / "ckpt"), src, run_cfg, shardings, mesh)
+    kernel = got["decoder"]["layers"]["mlp"]["up_proj"]["kernel"]
+    assert kernel.dtype == jnp.float32 and kernel.sharding == shardings["decoder"]["layers"]["mlp"]["up_proj"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(kernel), np.asarray(params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"],
+                                                                  np.float32))
+    pos = np.asarray(got["vision"]["position_embedding"])
+    want = jax.image.resize(jnp.asarray(params["vision"]["position_embedding"], jnp.float32).reshape(4, 4, -1),
+                            (6, 6, pos.shape[-1]), "cubic", antialias=False).reshape(36, -1)
+    assert pos.shape == (36, src.vision.hidden_size)
+    np.testing.assert_allclose(pos, np.asarray(want), rtol=1e-6)
+    # the restored tree is exactly the run model's parameter tree
+    assert jax.tree.structure(got) == jax.tree.structure(nnx.to_pure_dict(abstract))
