@@ -200,5 +200,5 @@ def load(
         params = hf_llava.load_params(path, cfg, target, shardings)
     else:
         params = checkpoint.read_params(path, target, shardings)
-    return LoadedVLM(module_from_params(make, params), cfg, checkpoint.read_tokenizer(path))
+    return LoadedVLM(module_from_params(make, params), cfg, checkpoint.read_tokenizer(path if from_hf else checkpoint.stage_dir(path)))
 
