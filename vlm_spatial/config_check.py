@@ -161,6 +161,9 @@ def _check_model(ck: _Checker, data_kind: str | None) -> None:
         for key in overrides:
             if key not in known:
                 ck.bad(f"{field}.{key}", f"not a field of {cls.__name__}; one of {', '.join(sorted(known))}")
+    if random_init and data_kind == "llava":
+        ck.bad("model.random_init", "LLaVA data is encoded with the initial checkpoint's tokenizer; put False and "
+                                    f"set model.init_checkpoint to {ASSEMBLE}")
     if random_init is False:
         inside = ("model_config.json", "tokenizer") if data_kind == "llava" else ("model_config.json",)
         ckpt = ck.path("model.init_checkpoint", ASSEMBLE, kind="dir", inside=inside)
