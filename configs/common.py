@@ -103,6 +103,7 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         bucket_lengths=(512, 1024, 2048),
         num_workers=8,
         resize_mode="resize",
+        on_bad_record="skip",  # "skip": count and log the record id; "raise": stop at the first bad record
         synthetic=dict(dir="", num_train=4000, num_test=500, image_size=32, questions_per_image=1, seed=0,
                        families=("left_right", "above_below", "closer", "count", "relation_mc")),
     )

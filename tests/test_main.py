@@ -61,9 +61,10 @@ def test_bad_fields_are_all_named():
     c.stages.finetune.trainable_parts = ("projector", "llm")
     c.stages.finetune.global_batch = 30
     c.data.synthetic.dir = ROOT  # exists but holds no synthetic set
+    c.data.on_bad_record = "ignore"
     problems = _problems(c)
     for field in ("run", "mesh", "model.dtype", "stages.pretrain.lr", "stages.finetune.trainable_parts",
-                  "data.synthetic.dir"):
+                  "data.synthetic.dir", "data.on_bad_record"):
         assert any(p.startswith(field + ":") for p in problems), (field, problems)
     c = clip.get_config("tiny")
     c.stages.finetune.global_batch = 30  # 8 devices: 30 rows cannot be split over data x fsdp = 8

@@ -256,6 +256,7 @@ def validate(config, num_devices: int, num_processes: int = 1, source: str = "th
         ck.bad("data.bucket_lengths", f"{buckets}: put positive sequence lengths, e.g. (512, 1024, 2048)")
     ck.number("data.num_workers", int, 0)
     ck.choice("data.resize_mode", ("resize", "pad"))
+    ck.choice("data.on_bad_record", ("skip", "raise"))
     if data_kind == "synthetic":
         d = ck.get("data.synthetic.dir", str)
         if d and os.path.exists(d) and not os.path.isfile(os.path.join(d, "info.json")):

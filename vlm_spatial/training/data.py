@@ -97,7 +97,7 @@ def stage_pipeline(config, stage: str, vlm_cfg: VLMConfig, tok_dir: str, synth_d
         max_len=config.data.max_len, bucket_lengths=tuple(config.data.bucket_lengths),
         global_batch_size=sc.global_batch, seed=config.seed, num_workers=config.data.num_workers,
         image=image_config(vlm_cfg, config), num_image_tokens=vlm_cfg.num_image_tokens,
-        image_token_id=vlm_cfg.image_token_id, num_epochs=None,
+        image_token_id=vlm_cfg.image_token_id, num_epochs=None, on_bad_record=config.data.on_bad_record,
     )
 
 

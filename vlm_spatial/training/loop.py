@@ -264,8 +264,9 @@ def train_stage(
                 if step > start + 1:  # the first step includes compilation
                     tok_rates.append(tps)
                 losses.append(m["loss"])
+                bad = getattr(data_iter, "bad_records", None)  # skipped records per reason, so far
                 record = {"stage": spec.name, "step": step, **m, "tokens_per_s": tps, "mfu": mfu,
-                          "step_time_s": dt, "time": now}
+                          "step_time_s": dt, "time": now, **(bad.as_metrics() if bad is not None else {})}
                 writer.write(record)
                 if not math.isfinite(m["loss"]):
                     if ckpt is not None:
