@@ -153,3 +153,20 @@ def test_default_job_is_clearly_above_chance_on_left_right(tmp_path):
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["synthetic"]
     assert metrics["by_family"]["left_right"] > 0.7, metrics
 
+
+
+def test_multihost_launchers_are_detected(monkeypatch):
+    from vlm_spatial import parallel
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "SLURM_PROCID", "OMPI_COMM_WORLD_SIZE",
+                "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert parallel.multihost_env() is None  # one task, one TPU worker: no jax.distributed
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    assert parallel.multihost_env() == "SLURM"
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1,t2,t3,t4")
+    assert parallel.multihost_env() == "TPU VM"
