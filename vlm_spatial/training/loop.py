@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from vlm_spatial import parallel
 from vlm_spatial.training import mfu as mfu_lib
 from vlm_spatial.training.checkpoint import StageCheckpointer
-from vlm_spatial.training.optimizer import check_parts, lr_schedule, make_optimizer, split_params
+from vlm_spatial.training.optimizer import check_parts, lr_schedule, make_optimizer
 from vlm_spatial.training.step import (
     MODEL_INPUTS,
     init_train_state,
