@@ -72,14 +72,16 @@ def checkpoint_vlm_config(model_cfg, ckpt_cfg: VLMConfig) -> VLMConfig:
 
 def resize_position_embedding(table: jax.Array, src: VisionConfig, dst: VisionConfig) -> jax.Array:
     """A learned position table `[cls + g0*g0, D]` of encoder `src` resized to `dst`'s grid
-    `[cls + g1*g1, D]`: the grid bicubically (Keys cubic, no antialias), the CLS row kept.
-    Hugging Face's `interpolate_pos_encoding` uses PyTorch's cubic (a=-0.75) instead."""
+    `[cls + g1*g1, D]`: the grid bicubically with the same weights as `convert assemble` and
+    Hugging Face's `interpolate_pos_encoding` (PyTorch's cubic), the CLS row kept. Traceable."""
+    from vlm_spatial.convert.resize import bicubic_matrix
+
     cls = int(src.cls_token)
     g0, g1 = src.pos_grid_size, dst.pos_grid_size
     if g0 == g1:
         return table
-    grid = table[cls:].reshape(g0, g0, -1).astype(jnp.float32)
-    grid = jax.image.resize(grid, (g1, g1, grid.shape[-1]), method="cubic", antialias=False)
+    m = jnp.asarray(bicubic_matrix(g0, g1), jnp.float32)
+    grid = jnp.einsum("ai,bj,ijd->abd", m, m, table[cls:].reshape(g0, g0, -1).astype(jnp.float32))
     return jnp.concatenate([table[:cls].astype(jnp.float32), grid.reshape(g1 * g1, -1)], 0).astype(table.dtype)
 
 
