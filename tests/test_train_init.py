@@ -21,7 +21,7 @@ def test_initial_params_from_checkpoint_resized_cast_and_sharded(tmp_path):
     checkpoint.write_model(str(tmp_path / "ckpt"), src, params, None)
     c = aimv2_2drope.get_config("tiny").model
     c.image_size = 48  # 6x6 grid
-    run_cfg = model_init.checkpoint_vlm_config(c, model_init.read_checkpoint_config(str(tmp_path / "ckpt")))
+    run_cfg = model_init.checkpoint_vlm_config(c, checkpoint.read_config(str(tmp_path / "ckpt")))
     assert (run_cfg.vision.rope2d, run_cfg.vision.image_size, run_cfg.vision.param_dtype) == (True, 48, "float32")
     assert run_cfg.decoder.num_layers == src.decoder.num_layers  # the architecture is the checkpoint's
     mesh = parallel.make_mesh(data=1, fsdp=4, tensor=2)

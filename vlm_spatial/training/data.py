@@ -13,7 +13,7 @@ import os
 import jax
 
 from vlm_spatial.config_check import split_parts
-from vlm_spatial.data.preprocess import ImageConfig
+from vlm_spatial.api import image_config_for
 from vlm_spatial.models.vlm import VLMConfig
 
 
@@ -56,13 +56,6 @@ def tokenizer_dir(config, synth_dir: str | None) -> str:
     return os.path.join(os.path.expanduser(config.model.init_checkpoint), "tokenizer")
 
 
-def image_config(vlm_cfg: VLMConfig, config) -> ImageConfig:
-    """Preprocessing that feeds this model's encoder: its family's normalisation, its input size."""
-    v = vlm_cfg.vision
-    return ImageConfig(encoder=v.family, image_size=v.image_size, resize_mode=config.data.resize_mode,
-                       naflex=v.naflex, patch_size=v.patch_size, max_num_patches=v.max_num_patches)
-
-
 def stage_files(config, stage: str, synth_dir: str | None) -> tuple[str, str]:
     """(LLaVA JSON file, image root) of a training stage."""
     sc = config.stages[stage]
@@ -96,7 +89,7 @@ def stage_pipeline(config, stage: str, vlm_cfg: VLMConfig, tok_dir: str, synth_d
         data_files=[data_file], image_roots=[image_root], tokenizer_dir=tok_dir, template=sc.template,
         max_len=config.data.max_len, bucket_lengths=tuple(config.data.bucket_lengths),
         global_batch_size=sc.global_batch, seed=config.seed, num_workers=config.data.num_workers,
-        image=image_config(vlm_cfg, config), num_image_tokens=vlm_cfg.num_image_tokens,
+        image=image_config_for(vlm_cfg, config.data.resize_mode), num_image_tokens=vlm_cfg.num_image_tokens,
         image_token_id=vlm_cfg.image_token_id, num_epochs=None, on_bad_record=config.data.on_bad_record,
     )
 

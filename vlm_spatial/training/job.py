@@ -26,7 +26,7 @@ import time
 import jax
 from flax import nnx
 
-from vlm_spatial import parallel
+from vlm_spatial import checkpoint, parallel
 from vlm_spatial.config_check import TRAIN_STAGES, split_parts
 from vlm_spatial.models.vlm import VLM, VLMConfig
 from vlm_spatial.training import data as data_lib
@@ -46,7 +46,7 @@ def resolve_model(config, tok_dir: str) -> tuple[VLMConfig, VLMConfig | None]:
     if config.model.random_init:
         vocab, image_id = data_lib.tokenizer_vocab(tok_dir)
         return model_init.preset_vlm_config(config.model, vocab_size=vocab, image_token_id=image_id), None
-    ckpt_cfg = model_init.read_checkpoint_config(os.path.expanduser(config.model.init_checkpoint))
+    ckpt_cfg = checkpoint.read_config(os.path.expanduser(config.model.init_checkpoint))
     return model_init.checkpoint_vlm_config(config.model, ckpt_cfg), ckpt_cfg
 
 

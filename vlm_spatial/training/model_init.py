@@ -12,8 +12,6 @@ Two starts (config field `model.random_init`):
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +46,6 @@ def preset_vlm_config(model_cfg, vocab_size: int | None = None, image_token_id: 
         vision_overrides={**_plain(model_cfg.vision_overrides), **vision},
         decoder_overrides={**_plain(model_cfg.decoder_overrides), **decoder},
     )
-
-
-def read_checkpoint_config(path: str) -> VLMConfig:
-    """The `VLMConfig` stored in a model checkpoint's `model_config.json`."""
-    with open(os.path.join(path, "model_config.json")) as f:
-        return VLMConfig.from_dict(json.load(f))
 
 
 def checkpoint_vlm_config(model_cfg, ckpt_cfg: VLMConfig) -> VLMConfig:
