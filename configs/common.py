@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlm_spatial.models import families
+
 # The paper's two-stage recipe (LLaVA-1.5; paper section 4: 8 x A40, 256x256 images).
 PAPER_BENCHMARKS = ("cvbench", "mmvp", "vsr", "topviewrs", "countbenchqa", "tallyqa", "gqa",
                     "mmmu", "mme", "ccbench", "seedbench")
-TINY_FAMILY_PRESET = {"clip": "tiny-clip", "siglip": "tiny-siglip", "siglip2": "tiny-siglip",
-                      "aimv2": "tiny-aimv2"}
 
 
 def _stage(**kw) -> dict:
@@ -128,9 +128,8 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     both stages: stage 1 grounds the towers on captions that name each object and its position,
     stage 2 answers a left/right or above/below question per image.
     """
-    family_preset = TINY_FAMILY_PRESET[c.variant.split("_")[0]]
     c.model.random_init = True
-    c.model.vision = family_preset
+    c.model.vision = families.tiny_preset(c.model.vision)
     c.model.decoder = "tiny-llama"
     c.model.vision_overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, patch_size=8)
     c.model.decoder_overrides = dict(hidden_size=128, intermediate_size=256, num_layers=3, num_heads=8,

@@ -16,7 +16,8 @@ from vlm_spatial.models.decoder import (
     KVCache,
     positions_from_mask,
 )
-from vlm_spatial.models.projector import Projector, ProjectorConfig
+from vlm_spatial.models.connectors import ProjectorConfig
+from vlm_spatial.models.connectors import build as Projector
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,9 @@ from safetensors.numpy import load_file, save_file
 
 from vlm_spatial.convert import hf_io, hf_vision
 from vlm_spatial.models import vision
-from vlm_spatial.models.vision import VISION_PRESETS, VisionConfig, VisionEncoder
+from vlm_spatial.models.families import VISION_PRESETS
+from vlm_spatial.models.positions.learned import resize_position_grid
+from vlm_spatial.models.vision import VisionConfig, VisionEncoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -120,7 +122,7 @@ def test_siglip2_resize_matches_hf_and_torch_interpolate():
     grid = np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32)
     shapes = [(3, 5), (2, 2), (4, 4), (1, 7), (2, 8), (7, 1)]
     for h, w in shapes:
-        got = np.asarray(vision.resize_position_grid(jnp.asarray(grid), jnp.array([[h, w]]), h * w + 2))[0]
+        got = np.asarray(resize_position_grid(jnp.asarray(grid), jnp.array([[h, w]]), h * w + 2))[0]
         hf = Siglip2VisionEmbeddings.resize_positional_embeddings(
             torch.from_numpy(grid), torch.tensor([[h, w]]), h * w + 2)[0].numpy()
         np.testing.assert_allclose(got, hf, atol=1e-5)

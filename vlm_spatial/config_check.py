@@ -20,10 +20,6 @@ SCHEDULES = ("cosine", "linear", "constant")
 TEMPLATES = ("plain", "vicuna_v1")
 DATA_KINDS = ("llava", "synthetic")
 SYNTHETIC_SPLITS = ("pretrain", "train")
-# encoder family of the config's preset -> families a checkpoint's encoder may have
-# (SigLIP2 so400m/14-384 is published in the SigLIP layout)
-COMPATIBLE_FAMILIES = {"clip": ("clip",), "siglip": ("siglip",), "siglip2": ("siglip2", "siglip"),
-                       "aimv2": ("aimv2",)}
 
 ASSEMBLE = ("a checkpoint written by `python -m vlm_spatial.convert assemble --vision <HF encoder dir> "
             "--lm <HF lmsys/vicuna-7b-v1.5 dir> --out CKPT`")
@@ -144,13 +140,13 @@ def resolve_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[i
 
 def _check_model(ck: _Checker, data_kind: str | None) -> None:
     from vlm_spatial.models import decoder as dec
-    from vlm_spatial.models import layers
+    from vlm_spatial.models import families, layers
     from vlm_spatial.models import vision as vis
 
     random_init = ck.get("model.random_init", bool)
     vision = ck.get("model.vision", str)
-    if vision is not None and vision not in vis.VISION_PRESETS:
-        ck.bad("model.vision", f"unknown encoder preset {vision!r}; one of {', '.join(sorted(vis.VISION_PRESETS))}")
+    if vision is not None and vision not in families.VISION_PRESETS:
+        ck.bad("model.vision", f"unknown encoder preset {vision!r}; one of {', '.join(sorted(families.VISION_PRESETS))}")
         vision = None
     decoder = ck.get("model.decoder", str)
     if decoder is not None and decoder not in dec.DECODER_PRESETS:
@@ -170,8 +166,8 @@ def _check_model(ck: _Checker, data_kind: str | None) -> None:
         if ckpt is not None and vision is not None:
             with open(os.path.join(ckpt, "model_config.json")) as f:
                 family = json.load(f).get("vision", {}).get("family")
-            want = vis.VISION_PRESETS[vision].family
-            if family not in COMPATIBLE_FAMILIES[want]:
+            want = families.VISION_PRESETS[vision].family
+            if not families.accepts(want, family):
                 ck.bad("model.init_checkpoint", f"{ckpt!r} holds a {family} encoder but this variant's encoder "
                                                 f"is {want} (model.vision={vision!r}); assemble a {want} checkpoint")
     ck.get("model.rope2d", bool)
@@ -179,7 +175,7 @@ def _check_model(ck: _Checker, data_kind: str | None) -> None:
     size = ck.number("model.image_size", int, 1)
     if size is not None and vision is not None:
         patch = _plain(ck.get("model.vision_overrides", object)).get("patch_size",
-                                                                    vis.VISION_PRESETS[vision].patch_size)
+                                                                    families.VISION_PRESETS[vision].patch_size)
         if size < patch:
             ck.bad("model.image_size", f"{size} is smaller than the encoder's patch size {patch}")
     ck.choice("model.dtype", DTYPES)

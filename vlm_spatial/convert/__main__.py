@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlm_spatial.models.projector import PROJECTOR_KINDS
+from vlm_spatial.models import connectors, families
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -27,10 +27,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("assemble", help="vision tower dir + causal-LM dir + fresh projector -> checkpoint")
-    a.add_argument("--vision", required=True, help="HF vision model dir (CLIP/SigLIP/SigLIP2/AIMv2, tower or two-tower)")
+    a.add_argument("--vision", required=True, help="HF vision model dir, tower or two-tower, of a registered family "
+                   f"({', '.join(families.names())})")
     a.add_argument("--lm", required=True, help="HF causal-LM dir (LLaMA/Vicuna, Qwen2) with its tokenizer")
     a.add_argument("--out", required=True, help="vlm_spatial checkpoint directory to write")
-    a.add_argument("--projector", default="mlp2x_gelu", choices=PROJECTOR_KINDS)
+    a.add_argument("--projector", default="mlp2x_gelu", choices=connectors.names())
     a.add_argument("--image_size", type=int, help="input side in pixels (the paper: 256); resizes the "
                    "learned position embedding once, bicubically, as HF interpolate_pos_encoding does")
     a.add_argument("--rope2d", action="store_true", help="2D rotary embedding on the encoder's q and k")

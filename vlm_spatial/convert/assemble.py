@@ -1,6 +1,6 @@
 """Assembling a LLaVA-style VLM from separately pretrained parts: what stage 1 of training starts from.
 
-    vision tower dir (CLIP/SigLIP/SigLIP2/AIMv2)  --+
+    vision tower dir (any registered family)      --+
     causal-LM dir (LLaMA/Vicuna, Qwen2) + tokenizer --+--> vlm_spatial checkpoint
     fresh projector                                 --+
 
@@ -10,8 +10,8 @@
   mean of the existing ones (llava-hf samples around that mean with covariance 1e-5 * Sigma).
 - `image_size` sets the encoder's input side (the paper trains at 256 x 256 on encoders
   pretrained at 224/336/384): a learned position table is resized once, bicubically, exactly as
-  transformers' `interpolate_pos_encoding=True` would at run time (`resize.py`); a NaFlex encoder
-  gets the patch budget of that size instead (its grid is resized per image anyway).
+  transformers' `interpolate_pos_encoding=True` would at run time (`positions.learned`); a NaFlex
+  encoder gets the patch budget of that size instead (its grid is resized per image anyway).
 - 2D-RoPE settings are VisionConfig fields; with `keep_abs_pos_emb=False` the learned table is
   not loaded at all.
 """
@@ -24,11 +24,12 @@ import numpy as np
 from flax import nnx
 
 from vlm_spatial import checkpoint
-from vlm_spatial.convert import hf_decoder, hf_io, hf_vision, loader, namemap, resize
+from vlm_spatial.convert import hf_decoder, hf_io, hf_vision, loader, namemap
 from vlm_spatial.convert import params as params_lib
 from vlm_spatial.data.templates import IMAGE_MARKER, load_tokenizer
+from vlm_spatial.models import families
 from vlm_spatial.models.decoder import DecoderConfig
-from vlm_spatial.models.presets import FEATURE_SELECT_BY_FAMILY
+from vlm_spatial.models.positions import learned
 from vlm_spatial.models.vision import VisionConfig
 from vlm_spatial.models.vlm import VLM, VLMConfig
 
@@ -68,10 +69,13 @@ def vision_entries(src: VisionConfig, dst: VisionConfig) -> list[namemap.Entry]:
     if dst.naflex or dst.pos_grid_size == src.pos_grid_size:
         return entries
 
-    def to_ours(x: np.ndarray) -> np.ndarray:
-        return resize.resize_position_embedding(x, src.pos_grid_size, dst.pos_grid_size, int(src.cls_token))
+    def resized(entry: namemap.Entry) -> namemap.Entry:
+        def to_ours(x: np.ndarray) -> np.ndarray:
+            return learned.resize_table(entry.to_ours(x), src.pos_grid_size, dst.pos_grid_size, int(src.cls_token))
 
-    return [dataclasses.replace(e, to_ours=to_ours) if e.path == POS_PATH else e for e in entries]
+        return dataclasses.replace(entry, to_ours=to_ours)
+
+    return [resized(e) if e.path == POS_PATH else e for e in entries]
 
 
 def decoder_entries(src: DecoderConfig, vocab_size: int) -> list[namemap.Entry]:
@@ -127,7 +131,7 @@ def assemble(
     decoder = dataclasses.replace(src_decoder, vocab_size=grown_vocab(src_decoder.vocab_size, len(tokenizer)))
     cfg = VLMConfig(
         vision=vision, decoder=decoder, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARKER),
-        projector=projector, vision_feature_select=FEATURE_SELECT_BY_FAMILY[vision.family],
+        projector=projector, vision_feature_select=families.get(vision.family).feature_select,
     )
     target, shardings = params_lib.abstract_params(lambda: VLM(cfg, rngs=nnx.Rngs(0)), mesh)
     part = (lambda name: None) if shardings is None else shardings.get

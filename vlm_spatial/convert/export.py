@@ -3,8 +3,9 @@
 The directory holds what `save_pretrained` + `LlavaProcessor.save_pretrained` write: config.json,
 sharded safetensors (`model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`, or one
 `model.safetensors`), the tokenizer, and the processor files (`preprocessor_config.json`,
-`processor_config.json`) set up to preprocess as this codebase does: a plain bicubic resize to
-the encoder's `image_size` with its family's normalisation (NaFlex: the SigLIP2 patch budget).
+`processor_config.json`) set up to preprocess as this codebase does (the image processor is the
+encoder family's: a plain bicubic resize to `image_size` with its normalisation, NaFlex: the
+SigLIP2 patch budget).
 
 Tensors are produced one at a time from the restored params, cast to the export dtype, and
 written a shard at a time. 2D-RoPE variants: see `hf_llava` (settings under the `vlm_spatial`
@@ -22,28 +23,10 @@ from flax import nnx
 from vlm_spatial import checkpoint
 from vlm_spatial.convert import hf_io, hf_llava, namemap
 from vlm_spatial.convert import params as params_lib
-from vlm_spatial.models.vision import VisionConfig
+from vlm_spatial.models import families
 from vlm_spatial.models.vlm import VLM, VLMConfig
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def image_processor(vision: VisionConfig):
-    """The transformers image processor that preprocesses as `vlm_spatial.data.preprocess` does
-    for `vision` (PIL backend, which needs no torchvision)."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
-
-    from vlm_spatial.data.preprocess import NORMS
-
-    if vision.naflex:
-        return Siglip2ImageProcessorPil(patch_size=vision.patch_size, max_num_patches=vision.max_num_patches)
-    mean, std = NORMS[vision.family]
-    side = {"height": vision.image_size, "width": vision.image_size}
-    if vision.family in ("clip", "aimv2"):
-        return CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False, image_mean=mean, image_std=std)
-    return SiglipImageProcessorPil(size=side, image_mean=mean, image_std=std)
 
 
 def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
@@ -53,7 +36,7 @@ def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
     `processor_config.json`)."""
     from transformers import LlavaProcessor
 
-    images = image_processor(cfg.vision)
+    images = families.get(cfg.vision.family).image_processor(cfg.vision)
     images.save_pretrained(out)
     LlavaProcessor(
         image_processor=images, tokenizer=tokenizer, patch_size=cfg.vision.patch_size,

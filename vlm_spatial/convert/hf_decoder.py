@@ -16,7 +16,8 @@ from flax import nnx
 
 from vlm_spatial.convert import hf_io, namemap
 from vlm_spatial.models.decoder import Decoder, DecoderConfig
-from vlm_spatial.models.projector import PROJECTOR_KINDS, ProjectorConfig
+from vlm_spatial.models import connectors
+from vlm_spatial.models.connectors import ProjectorConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -45,12 +46,6 @@ _LAYER = (
     ("mlp.down_proj.bias", ("mlp", "down_proj", "bias"), False, "mlp_bias"),
     ("input_layernorm.weight", ("input_layernorm", "scale"), False, None),
     ("post_attention_layernorm.weight", ("post_attention_layernorm", "scale"), False, None),
-)
-_PROJ = (
-    ("linear_1.weight", ("linear_1", "kernel"), True),
-    ("linear_1.bias", ("linear_1", "bias"), False),
-    ("linear_2.weight", ("linear_2", "kernel"), True),
-    ("linear_2.bias", ("linear_2", "bias"), False),
 )
 
 
@@ -208,16 +203,14 @@ def params_to_hf(params: dict, cfg: DecoderConfig) -> dict[str, np.ndarray]:
 
 
 def projector_entries(kind: str, vision_dim: int, text_dim: int, use_bias: bool = True) -> list[namemap.Entry]:
-    """The name map of `Projector` as `namemap.Entry`s, HF names relative to 'multi_modal_projector.'
-    ('linear_1.weight' `[D, Dv]`, 'linear_1.bias' `[D]`, 'linear_2.weight' `[D, D]`, 'linear_2.bias')."""
-    if kind not in PROJECTOR_KINDS:
-        raise ValueError(f"unknown projector kind {kind!r}; supported: {PROJECTOR_KINDS}")
-    d = text_dim
-    ours = {("linear_1", "kernel"): (vision_dim, d), ("linear_1", "bias"): (d,),
-            ("linear_2", "kernel"): (d, d), ("linear_2", "bias"): (d,)}
-    rows = [r for r in _PROJ if use_bias or not r[0].endswith(".bias")]
-    rows = [r for r in rows if kind == "mlp2x_gelu" or r[0].startswith("linear_1")]
-    return [_entry(name, path, None, ours[path], tr) for name, path, tr in rows]
+    """The name map of the connector `kind` as `namemap.Entry`s, HF names relative to
+    'multi_modal_projector.' (for 'mlp2x_gelu': 'linear_1.weight' `[D, Dv]`, 'linear_1.bias' `[D]`,
+    'linear_2.weight' `[D, D]`, 'linear_2.bias'), from the connector's name table."""
+    from vlm_spatial.convert.params import param_shapes
+
+    cfg = ProjectorConfig(kind=kind, vision_dim=vision_dim, text_dim=text_dim, use_bias=use_bias)
+    shapes = param_shapes(lambda: connectors.build(cfg, rngs=nnx.Rngs(0)))
+    return namemap.table_entries(connectors.get(kind).name_table(cfg), shapes)
 
 
 def projector_params_from_hf(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 
 from vlm_spatial.convert import hf_decoder, hf_io, hf_vision, loader, namemap
+from vlm_spatial.models import connectors
 from vlm_spatial.models.vlm import VLMConfig
 
 VISION = "vision_tower."
@@ -96,7 +97,7 @@ def config_to_hf(cfg: VLMConfig) -> dict:
     """The LLaVA `config.json` dict for `cfg`; `config_from_hf` inverts it exactly (runtime
     fields aside). Settings transformers cannot express go under the `vlm_spatial` key if they
     are `VISION_EXTRAS`; anything else is refused with a ValueError naming the fields."""
-    if cfg.projector != "mlp2x_gelu":
+    if not connectors.get(cfg.projector).hf_llava:
         raise ValueError(f"projector {cfg.projector!r} has no transformers equivalent "
                          "(LlavaForConditionalGeneration always uses linear_1-gelu-linear_2, 'mlp2x_gelu')")
     hf = dict(

@@ -115,3 +115,57 @@ def write(entries: Sequence[Entry], params: dict) -> Iterator[tuple[str, np.ndar
     """`(HF name, numpy tensor)` one at a time from nested params; inverse of `read`."""
     for name, group in by_hf_name(entries).items():
         yield name, hf_tensor(group, params)
+
+
+# ----------------------------------------------------------------------------- tables
+# Name tables are rows `(our path 'a/b/c', HF name, layout)`; HF names with `{i}` are per layer
+# (ours stacked on axis 0). Layouts, ours <- HF:
+#   linear     kernel `[in, out]` <- weight `[out, in]`
+#   copy       same array
+#   conv       kernel `[p*p*C, D]` ((py, px, C) order) <- Conv2d weight `[D, C, p, p]`
+#   block:i/n  row block i of n of a fused HF tensor (several entries share it)
+#   squeeze:k  ours <- HF with k leading singleton axes
+def _layout(layout: str, shape: tuple[int, ...], patch: tuple[int, int] | None):
+    """`(hf_shape, to_ours, to_hf)` for our parameter (or row) of `shape` stored in `layout`."""
+    kind, _, arg = layout.partition(":")
+    if kind == "copy":
+        return shape, copy, copy
+    if kind == "linear":
+        return shape[::-1], transpose, transpose
+    if kind == "conv":
+        p, c = patch
+
+        def conv_to_ours(a):  # [D, C, p, p] -> [py, px, C, D] -> [p*p*C, D]
+            return a.transpose(2, 3, 1, 0).reshape(-1, a.shape[0])
+
+        return (shape[1], c, p, p), conv_to_ours, lambda a: a.reshape(p, p, c, a.shape[-1]).transpose(3, 2, 0, 1)
+    if kind == "block":
+        i, n = (int(v) for v in arg.split("/"))
+        hf_shape = (n * shape[1], shape[0]) if len(shape) == 2 else (n * shape[0],)
+
+        def block_to_ours(a):
+            part = a[i * (a.shape[0] // n):(i + 1) * (a.shape[0] // n)]
+            return part.T if a.ndim == 2 else part
+
+        return hf_shape, block_to_ours, lambda a: a.T if a.ndim == 2 else a
+    if kind == "squeeze":
+        hf_shape = (1,) * int(arg) + tuple(shape)
+        return hf_shape, lambda a: a.reshape(shape), lambda a: a.reshape(hf_shape)
+    raise ValueError(f"unknown name-table layout {layout!r}")
+
+
+def table_entries(rows, shapes: dict[str, tuple[int, ...]], num_layers: int = 0,
+                  patch: tuple[int, int] | None = None) -> list[Entry]:
+    """Entries for the name-table `rows` (see above) of a module whose parameters have `shapes`
+    ('a/b/c' -> shape; stacked ones with the layer axis first); `{i}` rows are expanded over
+    `num_layers`; `patch` is `(patch_size, channels)` for the 'conv' layout."""
+    out = []
+    for path, hf, layout in rows:
+        shape, p = shapes[path], tuple(path.split("/"))
+        if "{i}" in hf:
+            hf_shape, to_ours, to_hf = _layout(layout, shape[1:], patch)
+            out += [Entry(hf.format(i=i), p, i, hf_shape, to_ours, to_hf) for i in range(num_layers)]
+        else:
+            hf_shape, to_ours, to_hf = _layout(layout, shape, patch)
+            out.append(Entry(hf, p, None, hf_shape, to_ours, to_hf))
+    return out

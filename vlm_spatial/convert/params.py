@@ -91,3 +91,19 @@ def module_from_params(make: Callable[[], nnx.Module], params: dict, shardings: 
         placed = jax.tree.map(place, target, params, shardings)
     nnx.replace_by_pure_dict(state, placed)
     return nnx.merge(graphdef, state)
+
+
+def param_shapes(make: Callable[[], nnx.Module]) -> dict[str, tuple[int, ...]]:
+    """Flat 'a/b/c' -> shape of the parameters of `make()`, without allocating them."""
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            path = f"{prefix}/{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                walk(v, path)
+            else:
+                flat[path] = tuple(v.shape)
+
+    walk(nnx.to_pure_dict(nnx.state(abstract_module(make))), "")
+    return flat

@@ -2,9 +2,9 @@
 
 ``ImageConfig(encoder, image_size, resize_mode, ...)`` selects everything:
 
-* normalisation constants per family (:data:`NORMS`): ``'clip'`` and ``'aimv2'`` use OpenAI CLIP's
-  mean/std, ``'siglip'`` and ``'siglip2'`` use 0.5/0.5;
-* native resolution per family (:data:`NATIVE_SIZE`) when ``image_size`` is None;
+* the normalisation constants of the encoder family (``image_mean``/``image_std`` of its module in
+  ``vlm_spatial.models.families``: OpenAI CLIP's for CLIP and AIMv2, 0.5/0.5 for SigLIP(2), ...);
+* the family's native resolution (``native_size``) when ``image_size`` is None;
 * ``resize_mode='resize'``: the paper's plain (aspect-distorting) bicubic resize to ``S x S``
   (the paper uses 256 x 256); ``resize_mode='pad'``: LLaVA-1.5's ``expand2square`` — pad the short
   side symmetrically with the mean colour (``int(m * 255)`` per channel), then resize;
@@ -28,13 +28,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
-NORMS = {"clip": (CLIP_MEAN, CLIP_STD), "aimv2": (CLIP_MEAN, CLIP_STD),
-         "siglip": (HALF, HALF), "siglip2": (HALF, HALF)}
-NATIVE_SIZE = {"clip": 336, "aimv2": 336, "siglip": 384, "siglip2": 384}
 RESIZE_MODES = ("resize", "pad")
+
+
+def _family(name: str):
+    """The registered encoder family `name` (imported on first use: data workers that never
+    preprocess need no model code)."""
+    from vlm_spatial.models import families
+
+    return families.get(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +52,7 @@ class ImageConfig:
     dtype: str = "float32"  # or "bfloat16"
 
     def __post_init__(self):
-        if self.encoder not in NORMS:
-            raise ValueError(f"unknown encoder family {self.encoder!r}; one of {sorted(NORMS)}")
+        _family(self.encoder)  # ValueError naming the registered families
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}; one of {RESIZE_MODES}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -59,15 +60,15 @@ class ImageConfig:
 
     @property
     def size(self) -> int:
-        return int(self.image_size or NATIVE_SIZE[self.encoder])
+        return int(self.image_size or _family(self.encoder).native_size)
 
     @property
     def mean(self) -> np.ndarray:
-        return np.asarray(NORMS[self.encoder][0], np.float32)
+        return np.asarray(_family(self.encoder).image_mean, np.float32)
 
     @property
     def std(self) -> np.ndarray:
-        return np.asarray(NORMS[self.encoder][1], np.float32)
+        return np.asarray(_family(self.encoder).image_std, np.float32)
 
     @property
     def np_dtype(self):
@@ -164,7 +165,7 @@ def preprocess_image(src: Any, cfg: ImageConfig):
     if cfg.naflex:
         return naflex_patchify(img, cfg)
     if cfg.resize_mode == "pad":
-        img = expand_to_square(img, tuple(int(m * 255) for m in NORMS[cfg.encoder][0]))
+        img = expand_to_square(img, tuple(int(m * 255) for m in _family(cfg.encoder).image_mean))
     s = cfg.size
     if img.size != (s, s):
         img = img.resize((s, s), Image.BICUBIC)

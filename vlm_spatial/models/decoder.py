@@ -31,6 +31,7 @@ from flax import nnx
 
 from vlm_spatial.models import layers as L
 from vlm_spatial.models import rope
+from vlm_spatial.models.positions import rope1d
 
 FAMILIES = ("llama", "qwen2")
 
@@ -315,8 +316,7 @@ class Decoder(nnx.Module):
         b, t, _ = inputs_embeds.shape
         x = L.shard_activation(inputs_embeds.astype(cfg.compute_dtype))
         real = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-        inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
-        cos, sin = rope.rope_table(positions.astype(jnp.int32), inv_freq)
+        cos, sin = rope1d.table(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
 
         if cache is None:  # causal over real keys (+ self): the fused kernel's form on GPU
             key_valid = real

@@ -1,18 +1,16 @@
 """Named VLM architectures: an encoder preset + a decoder preset + how they are joined.
 
-Encoder presets live in `vision.VISION_PRESETS`, decoder presets in `decoder.DECODER_PRESETS`.
-`vlm_config(vision, decoder, ...)` composes them; `VLM_PRESETS` names the public layouts.
+Encoder presets live with their family (`families.VISION_PRESETS`), decoder presets in
+`decoder.DECODER_PRESETS`. `vlm_config(vision, decoder, ...)` composes them; `VLM_PRESETS` names
+the public layouts.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from vlm_spatial.models import families
 from vlm_spatial.models.decoder import DECODER_PRESETS
-from vlm_spatial.models.vision import VISION_PRESETS
 from vlm_spatial.models.vlm import VLMConfig
-
-# Families without a CLS token must keep every token ('full'); CLIP drops CLS ('default').
-FEATURE_SELECT_BY_FAMILY = {"clip": "default", "siglip": "full", "siglip2": "full", "aimv2": "full"}
 
 
 def vlm_config(
@@ -29,18 +27,15 @@ def vlm_config(
 
     `vocab_size` resizes the decoder's vocabulary; `image_token_id` defaults to the last id.
     `vision_overrides` / `decoder_overrides` replace fields of the presets (e.g. `rope2d=True`,
-    `dtype='bfloat16'`); other keyword arguments replace `VLMConfig` fields.
+    `dtype='bfloat16'`); other keyword arguments replace `VLMConfig` fields. The feature selection
+    defaults to the one the encoder's family is used with in LLaVA.
     """
-    try:
-        vcfg, dcfg = VISION_PRESETS[vision], DECODER_PRESETS[decoder]
-    except KeyError as err:
-        raise ValueError(
-            f"unknown preset {err.args[0]!r}; vision presets: {sorted(VISION_PRESETS)}, "
-            f"decoder presets: {sorted(DECODER_PRESETS)}"
-        ) from None
-    vcfg = dataclasses.replace(vcfg, **(vision_overrides or {}))
+    if decoder not in DECODER_PRESETS:
+        raise ValueError(f"unknown decoder preset {decoder!r}; one of {', '.join(sorted(DECODER_PRESETS))}")
+    vcfg = dataclasses.replace(families.preset(vision), **(vision_overrides or {}))
+    dcfg = DECODER_PRESETS[decoder]
     dcfg = dataclasses.replace(dcfg, **({"vocab_size": vocab_size} if vocab_size else {}), **(decoder_overrides or {}))
-    overrides.setdefault("vision_feature_select", FEATURE_SELECT_BY_FAMILY[vcfg.family])
+    overrides.setdefault("vision_feature_select", families.get(vcfg.family).feature_select)
     return VLMConfig(
         vision=vcfg,
         decoder=dcfg,

@@ -1,8 +1,10 @@
-"""The image encoder: one ViT driven by a frozen `VisionConfig`, covering the Hugging Face
-`CLIPVisionModel`, `SiglipVisionModel`, `Siglip2VisionModel` (NaFlex) and `Aimv2VisionModel`,
-each optionally with an axial 2D rotary embedding on q and k.
+"""The image encoder: one ViT driven by a frozen `VisionConfig`, covering every registered
+encoder family (`vlm_spatial.models.families`: the Hugging Face `CLIPVisionModel`,
+`SiglipVisionModel`, `Siglip2VisionModel` (NaFlex), `Aimv2VisionModel`, ...), each optionally
+with a 2D rotary embedding on q and k (`vlm_spatial.models.positions`).
 
-The families differ only in switches of the config:
+The families differ only in switches of the config (what each family *is* - its presets, HF
+names, preprocessing - lives in its module under `families/`):
 
   family   norm       MLP                 biases           CLS  pre-norm  post-norm  head   pos-emb
   clip     layernorm  fc1/fc2 quick_gelu  all but patch    yes  yes       pooled     cls    learned
@@ -22,7 +24,6 @@ same map); `vlm_spatial.convert.hf_vision` reorders the conv kernels.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -30,25 +31,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlm_spatial.models import layers, rope
+from vlm_spatial.models import layers, positions, rope
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("mlp", "swiglu")
 POST_NORMS = ("none", "sequence", "pooled")
 HEADS = ("none", "cls", "map", "aimv2")
-POS_EMBS = ("learned", "sincos", "none")
-FAMILIES = ("clip", "siglip", "siglip2", "aimv2")
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """Architecture of a `VisionEncoder`. All fields are JSON-serialisable (`to_dict`/`from_dict`).
 
-    `family` only selects the Hugging Face parameter names used by the converter; the
-    architecture is given by the switches below it.
+    `family` names the registered family (`vlm_spatial.models.families`) whose HF names,
+    preprocessing and export files apply; the architecture is given by the switches below it.
     """
 
-    family: str = "clip"  # one of FAMILIES: naming in the HF checkpoint
+    family: str = "clip"  # a registered family: HF names, preprocessing constants, export files
     hidden_size: int = 32
     intermediate_size: int = 64
     num_layers: int = 2
@@ -68,7 +67,7 @@ class VisionConfig:
     patch_norm: bool = False  # AIMv2's RMSNorm right after the patch embedding
     post_norm: str = "sequence"  # 'none' | 'sequence' (on last_hidden_state) | 'pooled' (CLIP)
     head: str = "none"  # 'none' | 'cls' (token 0) | 'map' (SigLIP probe) | 'aimv2' (AIMv2 pooling)
-    pos_emb: str = "learned"  # 'learned' | 'sincos' (AIMv2 native) | 'none'
+    pos_emb: str = "learned"  # a registered absolute scheme: 'learned' | 'sincos' (AIMv2 native) | 'none'
     naflex: bool = False  # SigLIP2 NaFlex: Linear patches, learned grid resized per image
     pos_grid: int | None = None  # side of the learned grid; None = image_size // patch_size
     max_num_patches: int = 256  # NaFlex: patches per image slot (the token count)
@@ -83,9 +82,11 @@ class VisionConfig:
     def __post_init__(self):
         if self.rope2d_layers is not None and not isinstance(self.rope2d_layers, tuple):
             object.__setattr__(self, "rope2d_layers", tuple(self.rope2d_layers))
+        from vlm_spatial.models import families
+
         choices = {
-            "family": FAMILIES, "norm": NORMS, "mlp": MLPS, "post_norm": POST_NORMS,
-            "head": HEADS, "pos_emb": POS_EMBS, "remat_policy": tuple(layers.REMAT_POLICIES),
+            "family": families.names(), "norm": NORMS, "mlp": MLPS, "post_norm": POST_NORMS,
+            "head": HEADS, "pos_emb": tuple(positions.ABSOLUTE), "remat_policy": tuple(layers.REMAT_POLICIES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -167,46 +168,6 @@ class VisionConfig:
 def num_patch_tokens(cfg: VisionConfig, *, include_cls: bool = False) -> int:
     """Number of image tokens the encoder yields per image (patches, plus CLS if asked and present)."""
     return cfg.num_tokens if include_cls else cfg.num_patches
-
-
-_CLIP = dict(
-    family="clip", norm="layernorm", norm_eps=1e-5, mlp="mlp", act="quick_gelu", patch_bias=False,
-    cls_token=True, pre_norm=True, post_norm="pooled", head="cls",
-)
-_SIGLIP = dict(
-    family="siglip", norm="layernorm", norm_eps=1e-6, mlp="mlp", act="gelu_pytorch_tanh", head="map",
-)
-_SIGLIP2 = dict(_SIGLIP, family="siglip2", naflex=True)
-_AIMV2 = dict(
-    family="aimv2", norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", act="silu", qkv_bias=False,
-    mlp_bias=False, patch_norm=True, head="none",
-)
-_TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=8, image_size=32)
-_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16)
-_AIMV2_L = dict(hidden_size=1024, intermediate_size=2816, num_layers=24, num_heads=8, patch_size=14)
-
-VISION_PRESETS: dict[str, VisionConfig] = {
-    # openai/clip-vit-large-patch14-336: 577 tokens
-    "clip-l/14-336": VisionConfig(
-        **_CLIP, hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, patch_size=14,
-        image_size=336,
-    ),
-    # google/siglip-so400m-patch14-384: 729 tokens
-    "siglip-so400m/14-384": VisionConfig(**_SIGLIP, **_SO400M, patch_size=14, image_size=384),
-    # google/siglip2-so400m-patch14-384 is published in the SigLIP layout (conv patches, 27x27 grid)
-    "siglip2-so400m/14-384": VisionConfig(**_SIGLIP, **_SO400M, patch_size=14, image_size=384),
-    # google/siglip2-so400m-patch16-naflex: 16x16 learned grid, 256 patches per image
-    "siglip2-so400m/16-naflex": VisionConfig(
-        **_SIGLIP2, **_SO400M, patch_size=16, image_size=256, pos_grid=16, max_num_patches=256,
-    ),
-    # apple/aimv2-large-patch14-{224,336} (vision trunk, no pooling head)
-    "aimv2-l/14-224": VisionConfig(**_AIMV2, **_AIMV2_L, image_size=224),
-    "aimv2-l/14-336": VisionConfig(**_AIMV2, **_AIMV2_L, image_size=336),
-    "tiny-clip": VisionConfig(**_CLIP, **_TINY),
-    "tiny-siglip": VisionConfig(**_SIGLIP, **_TINY),
-    "tiny-siglip2": VisionConfig(**_SIGLIP2, **_TINY, pos_grid=4, max_num_patches=16),
-    "tiny-aimv2": VisionConfig(**_AIMV2, **_TINY),
-}
 
 
 class VisionOutput(NamedTuple):
@@ -359,38 +320,6 @@ def patchify(pixels: jax.Array, patch_size: int) -> jax.Array:
     return x.reshape(b, (hgt // p) * (wid // p), p * p * c)
 
 
-def resize_position_grid(grid: jax.Array, spatial_shapes: jax.Array, max_len: int) -> jax.Array:
-    """Resize a learned `[G, G, D]` position grid to each image's `spatial_shapes [B, 2]` (h, w)
-    with bilinear + antialias weights (as `F.interpolate(..., antialias=True)` and HF SigLIP2),
-    laid out row-major and padded to `max_len`; padding slots get the grid's resized (0, 0).
-    Works with traced `spatial_shapes`. Returns float32 `[B, max_len, D]`."""
-    g = grid.shape[0]
-    sizes = spatial_shapes.astype(jnp.float32)[:, None]  # [B, 1, 2]
-    pos = jnp.arange(max_len, dtype=jnp.float32)[None, :, None]  # [1, P, 1]
-    rows = jnp.floor(pos / sizes[..., 1:])
-    out_idx = jnp.concatenate([rows, pos - rows * sizes[..., 1:]], axis=-1)  # [B, P, 2]
-    out_idx = out_idx * (pos < jnp.prod(sizes, -1, keepdims=True))
-    scale = g / sizes
-    support = jnp.maximum(scale, 1.0)
-    center = (out_idx + 0.5) * scale - 0.5
-    src = jnp.arange(g, dtype=jnp.float32)
-    w = jnp.maximum(1.0 - jnp.abs(src - center[..., None]) / support[..., None], 0.0)  # [B, P, 2, G]
-    w = w / w.sum(-1, keepdims=True)
-    w2 = (w[..., 0, :, None] * w[..., 1, None, :]).reshape(w.shape[0], max_len, g * g)
-    return w2 @ grid.reshape(g * g, -1).astype(jnp.float32)
-
-
-def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
-    """AIMv2 native 2D sin-cos position embedding `[height*width, dim]`, laid out
-    `[sin_w | cos_w | sin_h | cos_h]` (float64 arithmetic, returned as float32)."""
-    if dim % 4:
-        raise ValueError(f"sincos position embedding needs dim divisible by 4, got {dim}")
-    omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
-    gh, gw = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
-    eh, ew = np.outer(gh.ravel(), omega), np.outer(gw.ravel(), omega)
-    return np.concatenate([np.sin(ew), np.cos(ew), np.sin(eh), np.cos(eh)], axis=1).astype(np.float32)
-
-
 class VisionEncoder(nnx.Module):
     """The ViT image encoder of every supported family (see the module docstring).
 
@@ -406,11 +335,7 @@ class VisionEncoder(nnx.Module):
         p2c = cfg.patch_size**2 * cfg.num_channels
         self.patch_embedding = layers.linear(p2c, d, (None, "embed"), use_bias=cfg.patch_bias, rngs=rngs, **kw)
         self.class_embedding = _param(rngs, (d,), ("embed",), pdt) if cfg.cls_token else None
-        if cfg.pos_emb == "learned" and cfg.uses_abs_pos_emb:
-            n_pos = cfg.pos_grid_size**2 + int(cfg.cls_token)
-            self.position_embedding = _param(rngs, (n_pos, d), (None, "embed"), pdt)
-        else:
-            self.position_embedding = None
+        self.position_embedding = positions.absolute(cfg.pos_emb).param(cfg, rngs)
         norm = lambda: layers.norm(cfg.norm, d, eps=cfg.norm_eps, rngs=rngs, **kw)
         self.patch_norm = norm() if cfg.patch_norm else None
         self.pre_norm = norm() if cfg.pre_norm else None
@@ -425,21 +350,12 @@ class VisionEncoder(nnx.Module):
         x = self.patch_embedding(patches)
         if self.patch_norm is not None:
             x = self.patch_norm(x)
-        b, n_p, d = x.shape
-        if cfg.uses_abs_pos_emb and cfg.pos_emb == "sincos":
-            x = x + jnp.asarray(sincos_2d(*grid_hw, d), dt)[None]
+        b, _, d = x.shape
         if self.class_embedding is not None:
             cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (b, 1, d))
             x = jnp.concatenate([cls, x], axis=1)
-        if self.position_embedding is not None:
-            table = self.position_embedding[...]
-            if cfg.naflex:
-                g = cfg.pos_grid_size
-                pos = resize_position_grid(table.reshape(g, g, d), spatial_shapes, n_p).astype(table.dtype)
-                x = x + pos.astype(dt)
-            else:
-                x = x + table.astype(dt)[None]
-        return x
+        table = None if self.position_embedding is None else self.position_embedding[...]
+        return positions.absolute(cfg.pos_emb).add(x, table, cfg, grid_hw=grid_hw, spatial_shapes=spatial_shapes)
 
     def __call__(
         self,
@@ -493,7 +409,8 @@ class VisionEncoder(nnx.Module):
 
         rope_table = None
         if cfg.rope2d:
-            rope_table = rope.rope2d_table(rows, cols, cfg.head_dim, cfg.rope2d_theta)
+            rope_table = positions.rope2d_layout("axial").table(rows, cols, spatial_shapes, cfg.head_dim,
+                                                                 cfg.rope2d_theta)
             rope_table = rope.with_identity_prefix(*rope_table, int(cfg.cls_token))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
 

@@ -1,8 +1,10 @@
-"""The LLaVA composite: VisionEncoder -> feature layer/select -> Projector -> merge -> Decoder.
+"""The LLaVA composite: VisionEncoder -> feature layer/select -> connector -> merge -> Decoder.
 
 Matches `transformers.LlavaForConditionalGeneration`: the encoder's `hidden_states[feature_layer]`
 (default -2, before any post-norm), `'default'` selection drops token 0 (CLS), `'full'` keeps every
-token; the projected features replace the embeddings of the image-token positions, in order.
+token; the connector (`vlm_spatial.models.connectors`, LLaVA's projector) maps the features to the
+decoder width and owns how many image tokens they become; those replace the embeddings of the
+image-token positions, in order.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlm_spatial.models import connectors
+from vlm_spatial.models.connectors import FeatureLayout, ProjectorConfig
 from vlm_spatial.models.decoder import Decoder, DecoderConfig, positions_from_mask
-from vlm_spatial.models.projector import Projector, ProjectorConfig
 from vlm_spatial.models.vision import VisionConfig, VisionEncoder
 
 FEATURE_SELECT = ("default", "full")
@@ -22,7 +25,9 @@ FEATURE_SELECT = ("default", "full")
 
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
-    """A LLaVA-style model: encoder, projector kind, decoder and how image features are picked."""
+    """A LLaVA-style model: encoder, connector, decoder and how image features are picked.
+
+    `projector` names a registered connector (`vlm_spatial.models.connectors`)."""
 
     vision: VisionConfig
     decoder: DecoderConfig
@@ -36,11 +41,32 @@ class VLMConfig:
             raise ValueError(
                 f"vision_feature_select={self.vision_feature_select!r}; expected one of {FEATURE_SELECT}"
             )
+        connectors.get(self.projector)
+
+    @property
+    def feature_layout(self) -> FeatureLayout:
+        """What the connector receives per image: the encoder's tokens after the feature
+        selection ('default' drops token 0 as transformers does: the CLS token, else a patch)."""
+        v = self.vision
+        prefix, patches, grid = int(v.cls_token), v.num_patches, None if v.naflex else (v.grid_size, v.grid_size)
+        if self.vision_feature_select == "default":
+            if prefix:
+                prefix -= 1
+            else:
+                patches, grid = patches - 1, None
+        return FeatureLayout(prefix, patches, grid)
+
+    @property
+    def projector_config(self) -> ProjectorConfig:
+        """The connector's config: features of the encoder's width to the decoder's."""
+        return ProjectorConfig(kind=self.projector, vision_dim=self.vision.hidden_size,
+                               text_dim=self.decoder.hidden_size, dtype=self.decoder.dtype,
+                               param_dtype=self.decoder.param_dtype)
 
     @property
     def num_image_tokens(self) -> int:
-        """Image slots per (fixed-resolution) image: patches, plus CLS if kept."""
-        return self.vision.num_tokens - (1 if self.vision_feature_select == "default" else 0)
+        """Image tokens per image, as the connector emits them."""
+        return connectors.get(self.projector).num_tokens(self.feature_layout)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; inverse of `from_dict`."""
@@ -86,21 +112,13 @@ def merge_image_features(
 
 
 class VLM(nnx.Module):
-    """LLaVA-1.5 composite. Parts are attributes usable alone: `vision`, `projector`, `decoder`."""
+    """LLaVA-1.5 composite. Parts are attributes usable alone: `vision`, `projector` (the
+    connector), `decoder`."""
 
     def __init__(self, cfg: VLMConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.vision = VisionEncoder(cfg.vision, rngs=rngs)
-        self.projector = Projector(
-            ProjectorConfig(
-                kind=cfg.projector,
-                vision_dim=cfg.vision.hidden_size,
-                text_dim=cfg.decoder.hidden_size,
-                dtype=cfg.decoder.dtype,
-                param_dtype=cfg.decoder.param_dtype,
-            ),
-            rngs=rngs,
-        )
+        self.projector = connectors.build(cfg.projector_config, rngs=rngs)
         self.decoder = Decoder(cfg.decoder, rngs=rngs)
 
     def image_features(self, pixel_values, *, pixel_attention_mask=None, spatial_shapes=None) -> jnp.ndarray:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from vlm_spatial.models.positions import learned
 from vlm_spatial.models.presets import vlm_config
 from vlm_spatial.models.vision import VisionConfig
 from vlm_spatial.models.vlm import VLM, VLMConfig
@@ -64,17 +64,9 @@ def checkpoint_vlm_config(model_cfg, ckpt_cfg: VLMConfig) -> VLMConfig:
 
 def resize_position_embedding(table: jax.Array, src: VisionConfig, dst: VisionConfig) -> jax.Array:
     """A learned position table `[cls + g0*g0, D]` of encoder `src` resized to `dst`'s grid
-    `[cls + g1*g1, D]`: the grid bicubically with the same weights as `convert assemble` and
-    Hugging Face's `interpolate_pos_encoding` (PyTorch's cubic), the CLS row kept. Traceable."""
-    from vlm_spatial.convert.resize import bicubic_matrix
-
-    cls = int(src.cls_token)
-    g0, g1 = src.pos_grid_size, dst.pos_grid_size
-    if g0 == g1:
-        return table
-    m = jnp.asarray(bicubic_matrix(g0, g1), jnp.float32)
-    grid = jnp.einsum("ai,bj,ijd->abd", m, m, table[cls:].reshape(g0, g0, -1).astype(jnp.float32))
-    return jnp.concatenate([table[:cls].astype(jnp.float32), grid.reshape(g1 * g1, -1)], 0).astype(table.dtype)
+    `[cls + g1*g1, D]` by `positions.learned.resize_table` (the resize of `convert assemble` and
+    Hugging Face's `interpolate_pos_encoding`), the CLS row kept. Traceable."""
+    return learned.resize_table(table, src.pos_grid_size, dst.pos_grid_size, int(src.cls_token))
 
 
 def _abstract_params(cfg: VLMConfig) -> nnx.State:

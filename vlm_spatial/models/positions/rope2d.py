@@ -1,0 +1,18 @@
+"""2D rotary layouts of the encoder (the paper's retrofitted 2D-RoPE).
+
+'axial': half of the rotary channel pairs rotate with the patch's row index, the other half with
+its column index (`rope.rope2d_table`), so the score of q(r,c) and k(r',c') depends only on
+(r-r', c-c').
+"""
+from __future__ import annotations
+
+from vlm_spatial.models import rope
+from vlm_spatial.models.positions.base import RopeLayout, register_rope2d
+
+
+@register_rope2d
+class Axial(RopeLayout):
+    name = "axial"
+
+    def table(self, rows, cols, spatial_shapes, head_dim, theta):
+        return rope.rope2d_table(rows, cols, head_dim, theta)
