@@ -71,7 +71,8 @@ def vision_entries(src: VisionConfig, dst: VisionConfig) -> list[namemap.Entry]:
 
     def resized(entry: namemap.Entry) -> namemap.Entry:
         def to_ours(x: np.ndarray) -> np.ndarray:
-            return learned.resize_table(entry.to_ours(x), src.pos_grid_size, dst.pos_grid_size, int(src.cls_token))
+            return learned.resize_table(entry.to_ours(x), src.pos_grid_size, dst.pos_grid_size, int(src.cls_token),
+                                        src.pos_interpolation)
 
         return dataclasses.replace(entry, to_ours=to_ours)
 

@@ -58,7 +58,7 @@ def rope_table(positions: jnp.ndarray, inv_freq: jnp.ndarray) -> tuple[jnp.ndarr
 def rope2d_table(
     rows: jnp.ndarray, cols: jnp.ndarray, head_dim: int, theta: float
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Axial 2D rotary table from patch `rows`, `cols` (`[B, N]` ints).
+    """Axial 2D rotary table from patch positions `rows`, `cols` (`[B, N]`, ints or floats).
 
     Returns `(cos, sin)`, each `[B, N, head_dim]`, laid out `concat(f_row, f_col, f_row, f_col)`
     so that `apply_rope` pairs row channels with row channels. `head_dim` must be divisible by 4.
@@ -87,6 +87,19 @@ def naflex_grid_positions(spatial_shapes: jnp.ndarray, max_patches: int) -> tupl
     width = spatial_shapes[:, 1:2]
     valid = idx < spatial_shapes[:, 0:1] * width
     return jnp.where(valid, idx // width, 0), jnp.where(valid, idx % width, 0)
+
+
+def patch_centre_angles(rows: jnp.ndarray, cols: jnp.ndarray, spatial_shapes: jnp.ndarray
+                        ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """DINOv3's rotary positions: the centre of patch (r, c) of an `h x w` grid normalised to
+    [-1, 1] (`2 (r + 0.5) / h - 1`), times 2 pi; `rows`, `cols` `[B or 1, N]` ints,
+    `spatial_shapes [B, 2]` (h, w). Returns float32 `(y, x)`, each `[B, N]`, to feed
+    `rope2d_table`: with them it is `DINOv3ViTRopePositionEmbedding`'s table, the same at every
+    resolution for the same relative place in the image."""
+    sizes = spatial_shapes.astype(jnp.float32)
+    y = 2.0 * ((rows.astype(jnp.float32) + 0.5) / sizes[:, 0:1]) - 1.0
+    x = 2.0 * ((cols.astype(jnp.float32) + 0.5) / sizes[:, 1:2]) - 1.0
+    return 2 * math.pi * y, 2 * math.pi * x
 
 
 def with_identity_prefix(

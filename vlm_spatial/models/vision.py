@@ -60,9 +60,13 @@ class VisionConfig:
     mlp: str = "mlp"  # 'mlp' (fc1 -> act -> fc2) | 'swiglu' (down(act(gate) * up))
     act: str = "quick_gelu"  # a key of layers.ACTIVATIONS
     qkv_bias: bool = True  # biases of q/k/v/out projections
+    key_bias: bool = True  # with qkv_bias: k has one too (DINOv3's has none; it shifts no score)
     mlp_bias: bool = True
     patch_bias: bool = True
     cls_token: bool = False
+    num_register_tokens: int = 0  # learned prefix tokens after the CLS token (DINOv2-reg, DINOv3)
+    mask_token: bool = False  # holds the masked-patch embedding of masked-image pretraining (unused here)
+    layer_scale: bool = False  # per-channel scales on each sublayer's output before the residual (DINO)
     pre_norm: bool = False  # CLIP's `pre_layrnorm` on the embeddings
     patch_norm: bool = False  # AIMv2's RMSNorm right after the patch embedding
     post_norm: str = "sequence"  # 'none' | 'sequence' (on last_hidden_state) | 'pooled' (CLIP)
@@ -70,8 +74,10 @@ class VisionConfig:
     pos_emb: str = "learned"  # a registered absolute scheme: 'learned' | 'sincos' (AIMv2 native) | 'none'
     naflex: bool = False  # SigLIP2 NaFlex: Linear patches, learned grid resized per image
     pos_grid: int | None = None  # side of the learned grid; None = image_size // patch_size
+    pos_interpolation: str = "bicubic"  # how the learned grid is resized to another grid (positions.learned)
     max_num_patches: int = 256  # NaFlex: patches per image slot (the token count)
     rope2d: bool = False
+    rope2d_layout: str = "axial"  # a registered 2D rotary layout (positions.rope2d)
     rope2d_theta: float = 100.0
     rope2d_layers: tuple[int, ...] | None = None  # None = all layers
     keep_abs_pos_emb: bool = True  # with rope2d: still add the absolute position embedding
@@ -86,7 +92,8 @@ class VisionConfig:
 
         choices = {
             "family": families.names(), "norm": NORMS, "mlp": MLPS, "post_norm": POST_NORMS,
-            "head": HEADS, "pos_emb": tuple(positions.ABSOLUTE), "remat_policy": tuple(layers.REMAT_POLICIES),
+            "head": HEADS, "pos_emb": tuple(positions.ABSOLUTE), "rope2d_layout": tuple(positions.ROPE2D),
+            "pos_interpolation": positions.learned.INTERPOLATIONS, "remat_policy": tuple(layers.REMAT_POLICIES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -102,8 +109,11 @@ class VisionConfig:
             bad = [i for i in self.rope2d_layers if not 0 <= i < self.num_layers]
             if bad:
                 raise ValueError(f"VisionConfig.rope2d_layers has {bad} outside [0, {self.num_layers})")
-        if self.naflex and self.cls_token:
-            raise ValueError("VisionConfig: naflex encoders have no CLS token (cls_token must be False)")
+        if self.num_register_tokens < 0:
+            raise ValueError(f"VisionConfig.num_register_tokens={self.num_register_tokens} must be >= 0")
+        if self.naflex and self.num_prefix_tokens:
+            raise ValueError("VisionConfig: naflex encoders have no CLS or register tokens "
+                             "(cls_token must be False, num_register_tokens 0)")
         if self.naflex and self.pos_emb == "sincos":
             raise ValueError("VisionConfig: naflex encoders use pos_emb 'learned' or 'none'")
         if self.head == "cls" and not self.cls_token:
@@ -133,9 +143,14 @@ class VisionConfig:
         return self.max_num_patches if self.naflex else self.grid_size**2
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the CLS token, if any, then the register tokens."""
+        return int(self.cls_token) + self.num_register_tokens
+
+    @property
     def num_tokens(self) -> int:
-        """Sequence length N of the encoder: patch tokens plus the CLS token if any."""
-        return self.num_patches + int(self.cls_token)
+        """Sequence length N of the encoder: prefix tokens (CLS, registers) plus patch tokens."""
+        return self.num_prefix_tokens + self.num_patches
 
     @property
     def uses_abs_pos_emb(self) -> bool:
@@ -201,7 +216,7 @@ class Attention(nnx.Module):
         d, kw = cfg.hidden_size, _kw(cfg)
         self.num_heads = cfg.num_heads
         self.q_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
-        self.k_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
+        self.k_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias and cfg.key_bias, rngs=rngs, **kw)
         self.v_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
         self.out_proj = layers.linear(d, d, ("heads", "embed"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
 
@@ -241,7 +256,8 @@ class MLP(nnx.Module):
 
 
 class EncoderLayer(nnx.Module):
-    """Pre-norm transformer block: `x + attn(norm1 x)`, then `x + mlp(norm2 x)`."""
+    """Pre-norm transformer block: `x + attn(norm1 x)`, then `x + mlp(norm2 x)`; with
+    `layer_scale` each sublayer's output is scaled per channel (`layer_scale1`, `layer_scale2`)."""
 
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
         kw = _kw(cfg)
@@ -249,10 +265,17 @@ class EncoderLayer(nnx.Module):
         self.attn = Attention(cfg, rngs=rngs)
         self.norm2 = layers.norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs, **kw)
         self.mlp = MLP(cfg, rngs=rngs)
+        if cfg.layer_scale:
+            ones = lambda: nnx.Param(jnp.ones((cfg.hidden_size,), kw["param_dtype"]), sharding_names=("embed",))
+            self.layer_scale1, self.layer_scale2 = ones(), ones()
+        else:
+            self.layer_scale1 = self.layer_scale2 = None
 
     def __call__(self, x, *, mask=None, rope_table=None, use_rope=None):
-        x = x + self.attn(self.norm1(x), mask=mask, rope_table=rope_table, use_rope=use_rope)
-        return x + self.mlp(self.norm2(x))
+        h = self.attn(self.norm1(x), mask=mask, rope_table=rope_table, use_rope=use_rope)
+        x = x + (h if self.layer_scale1 is None else h * self.layer_scale1[...].astype(h.dtype))
+        h = self.mlp(self.norm2(x))
+        return x + (h if self.layer_scale2 is None else h * self.layer_scale2[...].astype(h.dtype))
 
 
 class MAPHead(nnx.Module):
@@ -324,8 +347,9 @@ class VisionEncoder(nnx.Module):
     """The ViT image encoder of every supported family (see the module docstring).
 
     Parameters (pure-dict paths): `patch_embedding` (Linear `[p*p*C, D]`), `class_embedding [D]`,
-    `position_embedding [num_positions, D]`, `patch_norm`, `pre_norm`, `layers` (stacked on a
-    leading 'layers' axis: norm1, attn.{q,k,v,out}_proj, norm2, mlp.*), `post_norm`, `head`.
+    `position_embedding [num_positions, D]`, `register_tokens [R, D]`, `mask_token [D]`,
+    `patch_norm`, `pre_norm`, `layers` (stacked on a leading 'layers' axis: norm1,
+    attn.{q,k,v,out}_proj, norm2, mlp.*, layer_scale{1,2}), `post_norm`, `head`.
     """
 
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
@@ -336,6 +360,9 @@ class VisionEncoder(nnx.Module):
         self.patch_embedding = layers.linear(p2c, d, (None, "embed"), use_bias=cfg.patch_bias, rngs=rngs, **kw)
         self.class_embedding = _param(rngs, (d,), ("embed",), pdt) if cfg.cls_token else None
         self.position_embedding = positions.absolute(cfg.pos_emb).param(cfg, rngs)
+        r = cfg.num_register_tokens
+        self.register_tokens = _param(rngs, (r, d), (None, "embed"), pdt) if r else None
+        self.mask_token = nnx.Param(jnp.zeros((d,), pdt), sharding_names=("embed",)) if cfg.mask_token else None
         norm = lambda: layers.norm(cfg.norm, d, eps=cfg.norm_eps, rngs=rngs, **kw)
         self.patch_norm = norm() if cfg.patch_norm else None
         self.pre_norm = norm() if cfg.pre_norm else None
@@ -344,7 +371,8 @@ class VisionEncoder(nnx.Module):
         self.head = {"map": MAPHead, "aimv2": AIMv2Head}.get(cfg.head, lambda c, rngs: None)(cfg, rngs=rngs)
 
     def _embed(self, patches, spatial_shapes, grid_hw):
-        """patches `[B, P, p*p*C]` -> token embeddings `[B, N, D]` (CLS prepended if any)."""
+        """patches `[B, P, p*p*C]` -> token embeddings `[B, N, D]`: CLS (if any), registers (if
+        any, added after the position embedding, which has no rows for them), patches."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         x = self.patch_embedding(patches)
@@ -355,7 +383,12 @@ class VisionEncoder(nnx.Module):
             cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (b, 1, d))
             x = jnp.concatenate([cls, x], axis=1)
         table = None if self.position_embedding is None else self.position_embedding[...]
-        return positions.absolute(cfg.pos_emb).add(x, table, cfg, grid_hw=grid_hw, spatial_shapes=spatial_shapes)
+        x = positions.absolute(cfg.pos_emb).add(x, table, cfg, grid_hw=grid_hw, spatial_shapes=spatial_shapes)
+        if self.register_tokens is not None:
+            c = int(cfg.cls_token)
+            reg = jnp.broadcast_to(self.register_tokens[...].astype(dt), (b, cfg.num_register_tokens, d))
+            x = jnp.concatenate([x[:, :c], reg, x[:, c:]], axis=1)
+        return x
 
     def __call__(
         self,
@@ -371,7 +404,7 @@ class VisionEncoder(nnx.Module):
         pixel_attention_mask: NaFlex only, `[B, P]` (1 = real patch); default from spatial_shapes.
         spatial_shapes: NaFlex only, int `[B, 2]` patch (rows, cols) of each image; required with
           pre-cut patches.
-        Returns `VisionOutput` (hidden_states `[L+1, B, N, D]`, N = P (+1 with a CLS token)).
+        Returns `VisionOutput` (hidden_states `[L+1, B, N, D]`, N = `num_prefix_tokens` + P).
         """
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
@@ -409,9 +442,9 @@ class VisionEncoder(nnx.Module):
 
         rope_table = None
         if cfg.rope2d:
-            rope_table = positions.rope2d_layout("axial").table(rows, cols, spatial_shapes, cfg.head_dim,
-                                                                 cfg.rope2d_theta)
-            rope_table = rope.with_identity_prefix(*rope_table, int(cfg.cls_token))
+            rope_table = positions.rope2d_layout(cfg.rope2d_layout).table(rows, cols, spatial_shapes, cfg.head_dim,
+                                                                           cfg.rope2d_theta)
+            rope_table = rope.with_identity_prefix(*rope_table, cfg.num_prefix_tokens)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
 
         def body(h, layer, use_rope):

@@ -166,7 +166,7 @@ def attention_rows(cfg: "VisionConfig", q: str, k: str, v: str, out: str) -> lis
     (per-layer names with `{i}`), with the biases the config has."""
     rows = []
     for ours, hf in (("q", q), ("k", k), ("v", v), ("out", out)):
-        rows += linear_rows(f"layers/attn/{ours}_proj", hf, cfg.qkv_bias)
+        rows += linear_rows(f"layers/attn/{ours}_proj", hf, cfg.qkv_bias and (ours != "k" or cfg.key_bias))
     return rows
 
 

@@ -1,7 +1,7 @@
 """The registry of position schemes: where position enters the model, one module per scheme.
 
   encoder, absolute (`VisionConfig.pos_emb`)   'learned' (learned.py), 'sincos', 'none' (sincos.py)
-  encoder, rotary (`VisionConfig.rope2d`)      'axial' (rope2d.py)
+  encoder, rotary (`VisionConfig.rope2d_layout`) 'axial', 'dinov3' (rope2d.py)
   decoder                                      1D RoPE (rope1d.py)
 
     positions.absolute(cfg.pos_emb).add(x, table, cfg, ...)

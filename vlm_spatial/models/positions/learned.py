@@ -4,7 +4,9 @@ The table `[cls + G*G, D]` holds a row for the CLS token (if any) and a row-majo
 grid. A fixed-resolution encoder adds it as is; a NaFlex encoder resizes the grid to each image's
 patch grid at run time (`resize_position_grid`, bilinear + antialias as HF SigLIP2). Running at another
 resolution resizes it once (`resize_table`, at `convert assemble` or when a run starts from a
-checkpoint), bicubically as HF's `interpolate_pos_encoding` does.
+checkpoint) as the family's HF `interpolate_pos_encoding` does (`VisionConfig.pos_interpolation`):
+'bicubic' (PyTorch's, a = -0.75: CLIP, SigLIP, DINOv2) or 'bicubic_antialias' (PyTorch's
+antialiased bicubic, a = -0.5 with the kernel widened when shrinking: DINOv2 with registers).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from flax import nnx
 
 from vlm_spatial.models.positions.base import AbsoluteScheme, register_absolute
 
-_A = -0.75  # PyTorch's bicubic coefficient
+INTERPOLATIONS = ("bicubic", "bicubic_antialias")
 
 
 @register_absolute
@@ -40,38 +42,55 @@ class Learned(AbsoluteScheme):
         return x + table.astype(dt)[None]
 
 
-def _cubic(x: np.ndarray) -> np.ndarray:
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     x = np.abs(x)
-    near = ((_A + 2) * x - (_A + 3)) * x * x + 1
-    far = ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
     return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
 
 
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """`[n_out, n_in]` float64 weights of PyTorch's 1-D bicubic resize (align_corners=False, no
-    antialias): output i samples input at `(i + 0.5) * n_in / n_out - 0.5` from its 4 neighbours,
-    indices clamped to the border."""
+    antialias): output i samples input at `(i + 0.5) * n_in / n_out - 0.5` from its 4 neighbours
+    (a = -0.75), indices clamped to the border."""
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     base = np.floor(src)
     t = src - base
     m = np.zeros((n_out, n_in))
     for k in (-1, 0, 1, 2):
         idx = np.clip(base + k, 0, n_in - 1).astype(int)
-        np.add.at(m, (np.arange(n_out), idx), _cubic(t - k))
+        np.add.at(m, (np.arange(n_out), idx), _cubic(t - k, -0.75))
     return m
 
 
-def resize_table(table, grid: int, new_grid: int, num_prefix: int = 0):
+def antialiased_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """`[n_out, n_in]` float64 weights of PyTorch's 1-D bicubic resize with `antialias=True`
+    (align_corners=False): the cubic kernel (a = -0.5) centred at `(i + 0.5) * n_in / n_out`,
+    widened by the scale when shrinking, cut at the border and renormalised."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - 2 * support + 0.5), 0), min(int(center + 2 * support + 0.5), n_in)
+        w = _cubic((np.arange(lo, hi) - center + 0.5) / support, -0.5)
+        m[i, lo:hi] = w / w.sum()
+    return m
+
+
+def resize_table(table, grid: int, new_grid: int, num_prefix: int = 0, interpolation: str = "bicubic"):
     """A learned position table `[num_prefix + grid*grid, D]` (row-major patch grid after
-    `num_prefix` rows such as CLIP's CLS) resized to `[num_prefix + new_grid*new_grid, D]`; prefix
-    rows are kept. numpy tables are resized in float64, jax arrays (traceable) in float32; the
-    result has `table`'s dtype."""
+    `num_prefix` rows such as CLIP's CLS) resized to `[num_prefix + new_grid*new_grid, D]` with
+    `interpolation` (one of `INTERPOLATIONS`); prefix rows are kept. numpy tables are resized in
+    float64, jax arrays (traceable) in float32; the result has `table`'s dtype."""
     d = table.shape[-1]
     if table.shape != (num_prefix + grid * grid, d):
         raise ValueError(f"position table {table.shape} is not {num_prefix} + {grid}x{grid} rows")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"position-table interpolation {interpolation!r}; one of {INTERPOLATIONS}")
     if grid == new_grid:
         return table
-    m = bicubic_matrix(grid, new_grid)
+    m = (bicubic_matrix if interpolation == "bicubic" else antialiased_bicubic_matrix)(grid, new_grid)
     xp, dtype = (jnp, jnp.float32) if isinstance(table, jax.Array) else (np, np.float64)
     m = xp.asarray(m, dtype)
     patches = table[num_prefix:].astype(dtype).reshape(grid, grid, d)
