@@ -21,17 +21,17 @@ from vlm_spatial.models.vision import VisionConfig, VisionEncoder
 
 @pytest.mark.parametrize("interpolation,antialias", [("bicubic", False), ("bicubic_antialias", True)])
 @pytest.mark.parametrize("grid,new_grid", [(4, 6), (6, 4), (37, 18), (5, 5)])
-def test_resize_table_equals_torch_interpolate(interpolation, antialias, grid, new_grid):
+def test_resize_position_embedding_equals_torch_interpolate(interpolation, antialias, grid, new_grid):
     d = 8
     table = np.random.default_rng(grid * new_grid).normal(size=(1 + grid * grid, d)).astype(np.float32)
-    got = learned.resize_table(table, grid, new_grid, num_prefix=1, interpolation=interpolation)
+    got = learned.resize_position_embedding(table, grid, new_grid, num_prefix=1, interpolation=interpolation)
     ref = torch.nn.functional.interpolate(
         torch.from_numpy(table[1:]).double().reshape(1, grid, grid, d).permute(0, 3, 1, 2),
         size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=antialias,
     )[0].permute(1, 2, 0).reshape(-1, d).numpy()
     assert got.dtype == table.dtype and np.array_equal(got[0], table[0])  # the CLS row is kept
     np.testing.assert_allclose(got[1:], ref, atol=1e-6, rtol=0)
-    traced = jax.jit(lambda t: learned.resize_table(t, grid, new_grid, 1, interpolation))(jnp.asarray(table))
+    traced = jax.jit(lambda t: learned.resize_position_embedding(t, grid, new_grid, 1, interpolation))(jnp.asarray(table))
     np.testing.assert_allclose(np.asarray(traced), got, atol=1e-5, rtol=0)
 
 

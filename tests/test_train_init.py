@@ -7,7 +7,7 @@ from flax import nnx
 
 from configs import aimv2_2drope
 from vlm_spatial import checkpoint, parallel
-from vlm_spatial.models.positions.learned import resize_table as resize_position_embedding
+from vlm_spatial.models.positions.learned import resize_position_embedding
 from vlm_spatial.models.presets import vlm_config
 from vlm_spatial.models.vlm import VLM
 from vlm_spatial.training import model_init

@@ -71,8 +71,8 @@ def vision_entries(src: VisionConfig, dst: VisionConfig) -> list[namemap.Entry]:
 
     def resized(entry: namemap.Entry) -> namemap.Entry:
         def to_ours(x: np.ndarray) -> np.ndarray:
-            return learned.resize_table(entry.to_ours(x), src.pos_grid_size, dst.pos_grid_size, int(src.cls_token),
-                                        src.pos_interpolation)
+            return learned.resize_position_embedding(entry.to_ours(x), src.pos_grid_size, dst.pos_grid_size,
+                                                     int(src.cls_token), src.pos_interpolation)
 
         return dataclasses.replace(entry, to_ours=to_ours)
 
@@ -138,8 +138,7 @@ def assemble(
     part = (lambda name: None) if shardings is None else shardings.get
 
     vision_tensors = hf_io.HFCheckpoint(vision_dir)
-    plain = dataclasses.replace(src_vision, rope2d=False)
-    unused = set(hf_vision.expected_hf_shapes(plain)) - set(hf_vision.expected_hf_shapes(src_vision))
+    unused = set(hf_vision.padding_tensors(src_vision))
     strip = hf_vision.strip_prefix(hf_vision.vision_prefix(vision_tensors, src_vision))
     params = {
         "vision": loader.load_params(

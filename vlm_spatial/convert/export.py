@@ -42,7 +42,7 @@ def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
         image_processor=images, tokenizer=tokenizer, patch_size=cfg.vision.patch_size,
         vision_feature_select_strategy=cfg.vision_feature_select,
         image_token=tokenizer.convert_ids_to_tokens(cfg.image_token_id),
-        num_additional_image_tokens=int(cfg.vision.cls_token),
+        num_additional_image_tokens=cfg.vision.num_prefix_tokens,
     ).save_pretrained(out)
 
 

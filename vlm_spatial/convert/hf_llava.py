@@ -118,14 +118,6 @@ def config_to_hf(cfg: VLMConfig) -> dict:
     return hf
 
 
-def plain_config(cfg: VLMConfig) -> VLMConfig:
-    """The model transformers builds from `config_to_hf(cfg)`: `cfg` without its `vlm_spatial`
-    settings (no 2D-RoPE)."""
-    hf = config_to_hf(cfg)
-    hf.pop(EXTRA_KEY, None)
-    return config_from_hf(hf)
-
-
 def read_config(path: str) -> VLMConfig:
     """The `VLMConfig` of the LLaVA directory `path`."""
     return config_from_hf(hf_io.read_config(path))
@@ -149,10 +141,10 @@ def expected_hf_shapes(cfg: VLMConfig) -> dict[str, tuple[int, ...]]:
 
 
 def padding_tensors(cfg: VLMConfig) -> dict[str, tuple[int, ...]]:
-    """Tensors the plain transformers model of `cfg` has but `VLM(cfg)` does not (the learned
-    position table of an encoder with 2D-RoPE only): name -> shape. Exported as zeros."""
-    ours = expected_hf_shapes(cfg)
-    return {k: v for k, v in expected_hf_shapes(plain_config(cfg)).items() if k not in ours}
+    """Tensors the transformers model of `cfg` has but `VLM(cfg)` does not (the learned position
+    table of an encoder with 2D-RoPE only, empty tensors; `hf_vision.padding_tensors`): canonical
+    name -> shape. Exported as zeros, skipped on load."""
+    return {VISION + k: v for k, v in hf_vision.padding_tensors(cfg.vision).items()}
 
 
 def load_params(path: str, cfg: VLMConfig, target: dict, shardings: dict | None = None) -> dict:

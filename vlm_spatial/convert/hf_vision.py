@@ -19,12 +19,12 @@ from vlm_spatial.models.vision import VisionConfig, VisionEncoder
 
 def config_from_hf(hf_config: dict, **overrides) -> VisionConfig:
     """`VisionConfig` from a Hugging Face config dict: a vision tower's, or a two-tower model's
-    (CLIPModel, SiglipModel, ...) whose `vision_config` is the tower's. The family is the one
+    (CLIPModel, SiglipModel, ...: it has a `vision_config`, the tower's). The family is the one
     registered for its `model_type`; `overrides` are VisionConfig fields set on top (dtype,
     rope2d, ...). Raises ValueError for an unsupported `model_type` or setting."""
     family = families.for_model_type(hf_config.get("model_type"))
-    tower = hf_config if hf_config.get("model_type") == family.tower_model_type else hf_config.get("vision_config") or {}
-    fields = family.config_from_hf({**family.hf_defaults, **tower})
+    tower = hf_config.get("vision_config") or hf_config
+    fields = family.config_from_hf({**family.defaults(tower.get("model_type", hf_config["model_type"])), **tower})
     return VisionConfig(**{**fields, "family": family.name, **overrides})
 
 
@@ -74,6 +74,16 @@ def params_to_hf(params: dict, cfg: VisionConfig) -> dict[str, np.ndarray]:
     return dict(namemap.write(hf_entries(cfg), params))
 
 
+def padding_tensors(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensors (no prefix) the transformers tower of `cfg` has but `VisionEncoder(cfg)` does
+    not hold, name -> shape: the learned position table of an encoder that dropped it for 2D-RoPE
+    (the tower transformers builds from `config_to_hf(cfg)` has one) and the family's empty
+    tensors. Loaders skip them; export writes them as zeros."""
+    ours = expected_hf_shapes(cfg)
+    plain = expected_hf_shapes(config_from_hf(config_to_hf(cfg)))
+    return {**{k: v for k, v in plain.items() if k not in ours}, **families.get(cfg.family).empty_tensors(cfg)}
+
+
 VISION_PREFIXES = ("", "vision_model.", "vision_tower.vision_model.", "vision_tower.", "model.vision_tower.")
 
 
@@ -103,8 +113,9 @@ def load_hf_vision(path: str, *, mesh=None, **overrides) -> tuple[VisionConfig, 
 
     cfg = config_from_hf(hf_io.read_config(path), **overrides)
     tensors = hf_io.HFCheckpoint(path)
+    strip, skip = strip_prefix(vision_prefix(tensors, cfg)), set(padding_tensors(cfg))
     model = loader.load_module(
         lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)), tensors, hf_entries(cfg),
-        rename=strip_prefix(vision_prefix(tensors, cfg)), mesh=mesh,
+        rename=lambda name: None if strip(name) in skip else strip(name), mesh=mesh,
     )
     return cfg, model

@@ -46,9 +46,10 @@ class VLMConfig:
     @property
     def feature_layout(self) -> FeatureLayout:
         """What the connector receives per image: the encoder's tokens after the feature
-        selection ('default' drops token 0 as transformers does: the CLS token, else a patch)."""
+        selection ('default' drops token 0 as transformers does: the CLS token, else a patch;
+        register tokens stay)."""
         v = self.vision
-        prefix, patches, grid = int(v.cls_token), v.num_patches, None if v.naflex else (v.grid_size, v.grid_size)
+        prefix, patches, grid = v.num_prefix_tokens, v.num_patches, None if v.naflex else (v.grid_size, v.grid_size)
         if self.vision_feature_select == "default":
             if prefix:
                 prefix -= 1

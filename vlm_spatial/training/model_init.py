@@ -64,10 +64,10 @@ def checkpoint_vlm_config(model_cfg, ckpt_cfg: VLMConfig) -> VLMConfig:
 
 def resize_position_embedding(table: jax.Array, src: VisionConfig, dst: VisionConfig) -> jax.Array:
     """A learned position table `[cls + g0*g0, D]` of encoder `src` resized to `dst`'s grid
-    `[cls + g1*g1, D]` by `positions.learned.resize_table` (the resize of `convert assemble` and
-    Hugging Face's `interpolate_pos_encoding`, as `src.pos_interpolation` says), the CLS row kept.
-    Traceable."""
-    return learned.resize_table(table, src.pos_grid_size, dst.pos_grid_size, int(src.cls_token), src.pos_interpolation)
+    `[cls + g1*g1, D]` by `positions.learned` (the resize of `convert assemble` and Hugging Face's
+    `interpolate_pos_encoding`, as `src.pos_interpolation` says), the CLS row kept. Traceable."""
+    return learned.resize_position_embedding(table, src.pos_grid_size, dst.pos_grid_size, int(src.cls_token),
+                                             src.pos_interpolation)
 
 
 def _abstract_params(cfg: VLMConfig) -> nnx.State:

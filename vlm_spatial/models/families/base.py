@@ -43,6 +43,10 @@ class Family:
     accepts: ClassVar[tuple[str, ...]] = ()  # other families whose checkpoints a config of this one loads
     tiny: ClassVar[str]  # the tiny preset (`configs/*.py:tiny`) with this family's switches
 
+    def defaults(self, model_type: str) -> dict:
+        """The HF config defaults of a tower config of `model_type` (one of `model_types`)."""
+        return self.hf_defaults
+
     def presets(self) -> dict[str, "VisionConfig"]:
         """Named architectures of the family (public checkpoints and tiny test models)."""
         raise NotImplementedError
@@ -64,6 +68,11 @@ class Family:
     def name_table(self, cfg: "VisionConfig") -> list[Row]:
         """The name map of `VisionEncoder(cfg)` (module docstring)."""
         raise NotImplementedError
+
+    def empty_tensors(self, cfg: "VisionConfig") -> dict[str, tuple[int, ...]]:
+        """HF tensors without elements that the family's towers save and no parameter holds
+        (name -> shape): skipped on load, written on export."""
+        return {}
 
     def patch_tensor(self, cfg: "VisionConfig") -> str:
         """HF name of the patch embedding weight: found under some prefix, it locates the tower."""

@@ -3,8 +3,8 @@
 The table `[cls + G*G, D]` holds a row for the CLS token (if any) and a row-major `G x G` patch
 grid. A fixed-resolution encoder adds it as is; a NaFlex encoder resizes the grid to each image's
 patch grid at run time (`resize_position_grid`, bilinear + antialias as HF SigLIP2). Running at another
-resolution resizes it once (`resize_table`, at `convert assemble` or when a run starts from a
-checkpoint) as the family's HF `interpolate_pos_encoding` does (`VisionConfig.pos_interpolation`):
+resolution resizes it once (`resize_position_embedding`, at `convert assemble` or when a run
+starts from a checkpoint) as the family's HF `interpolate_pos_encoding` does (`VisionConfig.pos_interpolation`):
 'bicubic' (PyTorch's, a = -0.75: CLIP, SigLIP, DINOv2) or 'bicubic_antialias' (PyTorch's
 antialiased bicubic, a = -0.5 with the kernel widened when shrinking: DINOv2 with registers).
 """
@@ -78,7 +78,8 @@ def antialiased_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def resize_table(table, grid: int, new_grid: int, num_prefix: int = 0, interpolation: str = "bicubic"):
+def resize_position_embedding(table, grid: int, new_grid: int, num_prefix: int = 0,
+                              interpolation: str = "bicubic"):
     """A learned position table `[num_prefix + grid*grid, D]` (row-major patch grid after
     `num_prefix` rows such as CLIP's CLS) resized to `[num_prefix + new_grid*new_grid, D]` with
     `interpolation` (one of `INTERPOLATIONS`); prefix rows are kept. numpy tables are resized in
