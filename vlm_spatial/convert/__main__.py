@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--projector", default="mlp2x_gelu", choices=connectors.names())
     a.add_argument("--image_size", type=int, help="input side in pixels (the paper: 256); resizes the "
                    "learned position embedding once, bicubically, as HF interpolate_pos_encoding does")
-    a.add_argument("--rope2d", action="store_true", help="2D rotary embedding on the encoder's q and k")
+    a.add_argument("--rope2d", action="store_true", help="2D rotary embedding on the encoder's q and k "
+                   "(default: as the tower has it; DINOv3's own is on)")
     a.add_argument("--rope2d_theta", type=float, help="rotary base (VisionConfig default: 100)")
     a.add_argument("--rope2d_layers", type=_layers, help="comma-separated encoder layers that rotate (default: all)")
     a.add_argument("--no_abs_pos_emb", action="store_true", help="with --rope2d: drop the absolute position embedding")
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = assemble(
                 args.vision, args.lm, args.out, projector=args.projector, image_size=args.image_size,
-                rope2d=args.rope2d, rope2d_theta=args.rope2d_theta, rope2d_layers=args.rope2d_layers,
-                keep_abs_pos_emb=not args.no_abs_pos_emb, param_dtype=args.param_dtype, seed=args.seed,
+                rope2d=args.rope2d or None, rope2d_theta=args.rope2d_theta, rope2d_layers=args.rope2d_layers,
+                keep_abs_pos_emb=False if args.no_abs_pos_emb else None, param_dtype=args.param_dtype, seed=args.seed,
             )
             print(f"wrote {args.out}: {cfg.vision.family} encoder at {cfg.vision.image_size}px "
                   f"({cfg.num_image_tokens} image tokens, 2D-RoPE {'on' if cfg.vision.rope2d else 'off'}) + "

@@ -106,21 +106,21 @@ def assemble(
     *,
     projector: str = "mlp2x_gelu",
     image_size: int | None = None,
-    rope2d: bool = False,
+    rope2d: bool | None = None,
     rope2d_theta: float | None = None,
     rope2d_layers: tuple[int, ...] | None = None,
-    keep_abs_pos_emb: bool = True,
+    keep_abs_pos_emb: bool | None = None,
     param_dtype: str | None = None,
     seed: int = 0,
     mesh=None,
 ) -> VLMConfig:
     """Build a VLM from `vision_dir` (a Hugging Face vision tower or two-tower model) and `lm_dir`
     (a causal LM with its tokenizer), write it as a vlm_spatial checkpoint at `out` and return its
-    config. Options as in the module docstring; `param_dtype` stores params in another dtype;
+    config. Options as in the module docstring (the 2D-RoPE ones, None: as the tower has it, e.g.
+    DINOv3's native RoPE stays on); `param_dtype` stores params in another dtype;
     `seed` initialises the projector; params are placed on `mesh` (default: the current one)."""
-    vision_overrides = dict(rope2d=rope2d, keep_abs_pos_emb=keep_abs_pos_emb, rope2d_layers=rope2d_layers)
-    if rope2d_theta is not None:
-        vision_overrides["rope2d_theta"] = rope2d_theta
+    vision_overrides = {k: v for k, v in dict(rope2d=rope2d, rope2d_theta=rope2d_theta, rope2d_layers=rope2d_layers,
+                                              keep_abs_pos_emb=keep_abs_pos_emb).items() if v is not None}
     dtypes = {"param_dtype": param_dtype} if param_dtype else {}
     src_vision = hf_vision.config_from_hf(hf_io.read_config(vision_dir), **vision_overrides, **dtypes)
     vision = at_image_size(src_vision, image_size) if image_size else src_vision
