@@ -276,7 +276,7 @@ def test_bad_tensors_are_listed_by_name(tmp_path, capsys):
 def test_unsupported_architectures_are_named(tmp_path, capsys):
     vdir, _ = vision_dir(tmp_path, "siglip")
     ldir, _ = lm_dir(tmp_path, "llama", 80)
-    for path, model_type, supported in ((vdir, "dinov2", "siglip_vision_model"), (ldir, "mistral", "qwen2")):
+    for path, model_type, supported in ((vdir, "hiera", "siglip_vision_model"), (ldir, "mistral", "qwen2")):
         cfg_file = os.path.join(path, "config.json")
         original = json.load(open(cfg_file))
         json.dump(dict(original, model_type=model_type), open(cfg_file, "w"))

@@ -215,8 +215,8 @@ def test_prefixed_vision_tensors_load(tmp_path):
 
 
 def test_unsupported_model_type_is_named():
-    with pytest.raises(ValueError, match=r"'dinov2'.*clip_vision_model.*aimv2"):
-        hf_vision.config_from_hf({"model_type": "dinov2", "hidden_size": 32})
+    with pytest.raises(ValueError, match=r"'hiera'.*clip_vision_model.*aimv2"):
+        hf_vision.config_from_hf({"model_type": "hiera", "hidden_size": 32})
 
 
 def test_config_json_round_trip_and_validation():

@@ -120,9 +120,9 @@ def test_unsupported_model_type_is_named(tmp_path):
     _, path = build_llava(tmp_path, "clip")
     cfg_file = os.path.join(path, "config.json")
     cfg = json.load(open(cfg_file))
-    cfg["vision_config"]["model_type"] = "dinov2"
+    cfg["vision_config"]["model_type"] = "hiera"
     json.dump(cfg, open(cfg_file, "w"))
-    with pytest.raises(ValueError, match="dinov2"):
+    with pytest.raises(ValueError, match="hiera"):
         vlm_spatial.load(path)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from vlm_spatial.models.families.base import Family, families, get, names, register  # noqa: F401
 
 # The import list: each module registers its family.
-from vlm_spatial.models.families import clip, siglip, siglip2, aimv2  # noqa: E402,F401,I001
+from vlm_spatial.models.families import clip, siglip, siglip2, aimv2, dinov2, dinov3  # noqa: E402,F401,I001
 
 VISION_PRESETS = {name: cfg for family in families() for name, cfg in family.presets().items()}
 
