@@ -1,13 +1,13 @@
 """The inference API users reach for first: `vlm_spatial.load(path)` -> `LoadedVLM`.
 
     vlm = vlm_spatial.load("llava-1.5-7b-hf")          # HF LLaVA dir or a vlm_spatial checkpoint
-    logits = vlm.logits(input_ids, pixel_values)       # [B,T,V] float32
+    logits = vlm.logits(input_ids, pixel_values)       # [B,T,V] float32 (several images per row too)
     vlm.generate([image], ["Where is the cat?"], max_new_tokens=16)  # -> ["..."]
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,12 +20,12 @@ from vlm_spatial.convert.params import module_from_params
 from vlm_spatial.data.preprocess import ImageConfig, blank_image, preprocess_image
 from vlm_spatial.data.templates import ConversationEncoder
 from vlm_spatial.evaluation import generate as gen
-from vlm_spatial.models.vlm import VLM, VLMConfig, check_image_tokens
+from vlm_spatial.models.vlm import VLM, VLMConfig, image_layout
 
 
 @nnx.jit
-def _forward_logits(model: VLM, input_ids, pixel_values, attention_mask):
-    return model(input_ids, pixel_values, attention_mask=attention_mask).logits
+def _forward_logits(model: VLM, input_ids, pixel_values, attention_mask, images: dict):
+    return model(input_ids, pixel_values, attention_mask=attention_mask, **images).logits
 
 
 def image_config_for(cfg: VLMConfig, resize_mode: str = "resize") -> ImageConfig:
@@ -79,34 +79,60 @@ class LoadedVLM:
             return sharding.mesh
         return None
 
-    def logits(self, input_ids, pixel_values=None, attention_mask=None) -> np.ndarray:
-        """float32 logits `[B,T,V]` for `input_ids [B,T]` and normalised NHWC `pixel_values [B,H,W,3]`.
+    def logits(self, input_ids, pixel_values=None, attention_mask=None, *, pixel_attention_mask=None,
+               spatial_shapes=None) -> np.ndarray:
+        """float32 logits `[B,T,V]` for `input_ids [B,T]` and normalised images: NHWC
+        `pixel_values [M,H,W,3]`, or for a NaFlex encoder patches `[M,P,p*p*3]` with
+        `pixel_attention_mask [M,P]` and `spatial_shapes [M,2]` (as `Siglip2ImageProcessor` gives
+        them). `M = B` with image b in row b, or, as transformers takes them, the batch's images in
+        order with each row holding the image tokens of its images (several, or none).
 
-        A row whose image-token count differs from its image's feature count raises ValueError.
+        A row whose image-token count is not a whole number of images, or counts that ask for
+        another number of images, raise ValueError.
         """
         input_ids = np.asarray(input_ids, np.int32)
         if attention_mask is None:
             attention_mask = np.ones_like(input_ids)
+        images = {}
         if pixel_values is not None:
-            check_image_tokens(input_ids, self.config.image_token_id, np.asarray(self.config.num_image_tokens))
-        return np.asarray(_forward_logits(self.model, input_ids, pixel_values, np.asarray(attention_mask, np.int32)))
+            if spatial_shapes is not None and not self.config.vision.naflex:
+                raise ValueError("spatial_shapes / pixel_attention_mask go with NaFlex patches; this model's encoder "
+                                 "takes fixed-resolution NHWC pixel_values")
+            first = image_layout(input_ids, self.config.image_token_id, self.config.num_image_tokens,
+                                 np.shape(pixel_values)[0])
+            images = {k: v for k, v in (("pixel_attention_mask", pixel_attention_mask), ("spatial_shapes", spatial_shapes),
+                                        ("first_image", first)) if v is not None}
+        return np.asarray(_forward_logits(self.model, input_ids, pixel_values, np.asarray(attention_mask, np.int32),
+                                          images))
 
     def prompt_ids(self, prompt: str, has_image: bool) -> np.ndarray:
         """The conversation-template prompt for one question, int32 `[L]`, image slots expanded."""
         return self.encoder.encode_prompt(prompt, has_image=has_image)
 
     def image_inputs(self, images: Sequence, rows: int) -> dict[str, np.ndarray] | None:
-        """The batch's image fields for `images` (PIL / HWC uint8 / path / bytes, None = no image),
-        padded with blank images to `rows`; None when no row has an image."""
+        """The batch's image fields for `images` (PIL / HWC uint8 / path / bytes, None = no image,
+        or one image already preprocessed: a dict of the fields `preprocess_image` gives, e.g.
+        NaFlex patches), padded with blank images to `rows`; None when no row has an image."""
         if all(image is None for image in images):
             return None
         cfg = self.image_config
         blank = blank_image(cfg)
-        items = [blank if image is None else preprocess_image(image, cfg) for image in images]
+        items = [blank if image is None else self._preprocessed(image, blank) if isinstance(image, Mapping)
+                 else preprocess_image(image, cfg) for image in images]
         items += [blank] * (rows - len(items))
         if cfg.naflex:
             return {k: np.stack([it[k] for it in items]) for k in blank}
         return {"pixel_values": np.stack(items)}
+
+    @staticmethod
+    def _preprocessed(image: Mapping, blank) -> dict | np.ndarray:
+        """A preprocessed image `image` checked against the fields and shapes of `blank`."""
+        want = blank if isinstance(blank, dict) else {"pixel_values": blank}
+        got = {k: np.asarray(v) for k, v in image.items()}
+        if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+            raise ValueError(f"a preprocessed image needs the fields {({k: v.shape for k, v in want.items()})}, "
+                             f"got {({k: v.shape for k, v in got.items()})}")
+        return got if isinstance(blank, dict) else got["pixel_values"]
 
     def _batch(self, images: Sequence, prompts: Sequence[str]):
         if len(images) != len(prompts):
@@ -128,7 +154,7 @@ class LoadedVLM:
         seed: int = 0,
     ) -> list[str]:
         """Answers (strings) to `prompts`, one image each (PIL image, HWC uint8 array, path or
-        bytes; None for text-only), greedy unless `temperature > 0` (then nucleus sampling with
+        bytes, or a preprocessed image as `image_inputs` takes it; None for text-only), greedy unless `temperature > 0` (then nucleus sampling with
         `top_p`, reproducible from `seed`). Prompts are the user's question; the model's
         conversation template and image slots are added here. Decoding stops at EOS or at any of
         `stop_strings`, and the text is cut before it.

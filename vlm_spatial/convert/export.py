@@ -56,20 +56,25 @@ def write_config(out: str, cfg: VLMConfig, dtype: str) -> None:
 
 
 def notes(cfg: VLMConfig) -> list[str]:
-    """What a user of the exported directory must know (printed by the CLI)."""
-    v = cfg.vision
+    """What a user of the exported directory must know (printed by the CLI): the settings
+    transformers ignores, and the tensors written only for it."""
     out = []
-    if v.rope2d:
+    kept = hf_llava.ignored(cfg)
+    rope = {k: v for k, v in kept.items() if k.startswith("rope2d")}
+    if rope.get("rope2d"):
         out.append(
             "transformers has no 2D-RoPE for this encoder: LlavaForConditionalGeneration.from_pretrained "
-            "runs this model WITHOUT its RoPE, so its outputs differ from vlm_spatial's. The RoPE settings "
-            f"are kept in config.json['{hf_llava.EXTRA_KEY}'] and restored exactly by vlm_spatial.load / "
-            "`python -m vlm_spatial.convert from-hf`."
+            "runs this model WITHOUT its RoPE, so its outputs differ from vlm_spatial's."
         )
+    elif rope:
+        out.append(f"transformers does not apply the rotary settings {rope}: its outputs may differ from vlm_spatial's.")
+    if kept:
+        out.append(f"transformers ignores config.json['{hf_llava.EXTRA_KEY}'] = {kept}; vlm_spatial.load and "
+                   "`python -m vlm_spatial.convert from-hf` restore these settings exactly.")
     pads = hf_llava.padding_tensors(cfg)
     if pads:
-        out.append(f"the encoder has no absolute position embedding; {', '.join(pads)} is written as zeros "
-                   "for transformers and skipped when read back")
+        out.append(f"{', '.join(pads)} has no counterpart in this model; it is written as zeros for transformers and "
+                   "skipped when read back")
     return out
 
 

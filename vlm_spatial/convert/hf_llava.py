@@ -22,14 +22,17 @@ import os
 
 from vlm_spatial.convert import hf_decoder, hf_io, hf_vision, loader, namemap
 from vlm_spatial.models import connectors
+from vlm_spatial.models.layers import ACTIVATIONS
 from vlm_spatial.models.vlm import VLMConfig
 
 VISION = "vision_tower."
 PROJECTOR = "multi_modal_projector."
 LM = "language_model."
 EXTRA_KEY = "vlm_spatial"
-# VisionConfig fields that transformers' configs cannot express; kept under EXTRA_KEY.
-VISION_EXTRAS = ("rope2d", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "max_num_patches", "image_size")
+# VisionConfig fields that transformers' configs cannot express and whose model transformers can
+# still run (it ignores them: see `ignored`); kept under EXTRA_KEY. Other differences are refused.
+VISION_EXTRAS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "max_num_patches",
+                 "image_size", "family", "pos_interpolation")
 # Fields that say how a model runs, not what it is: never compared or exported.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
 
@@ -62,24 +65,27 @@ def config_from_hf(hf: dict) -> VLMConfig:
             "(for separate vision and LM directories use `python -m vlm_spatial.convert assemble`)"
         )
     layer = hf.get("vision_feature_layer", -2)
-    if not isinstance(layer, int):
-        raise ValueError(f"vision_feature_layer={layer!r}: only a single layer index is supported")
-    if not hf.get("multimodal_projector_bias", True):
-        raise ValueError("multimodal_projector_bias=False is not supported (LLaVA-1.5 uses biases)")
+    if not isinstance(layer, int) and not (isinstance(layer, (list, tuple)) and all(isinstance(i, int) for i in layer)):
+        raise ValueError(f"vision_feature_layer={layer!r}: expected a layer index or a list of them")
     act = hf.get("projector_hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"projector_hidden_act={act!r} is not supported (LLaVA-1.5 uses 'gelu')")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"projector_hidden_act={act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
     extra = dict(hf.get(EXTRA_KEY) or {})
     vision_extra = extra.pop("vision", {})
     unknown = sorted(set(extra) | (set(vision_extra) - set(VISION_EXTRAS)))
     if unknown:
         raise ValueError(f"config.json[{EXTRA_KEY!r}] has unknown settings {unknown}; known: vision.{VISION_EXTRAS}")
+    text = hf["text_config"]
+    # transformers 5 ties the LM head to the embeddings if the top-level flag or the text config says so
+    tie = bool(hf.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
     return VLMConfig(
         vision=hf_vision.config_from_hf(hf["vision_config"], **vision_extra),
-        decoder=hf_decoder.config_from_hf(hf["text_config"]),
+        decoder=hf_decoder.config_from_hf(text, tie_word_embeddings=tie),
         image_token_id=hf.get("image_token_id", hf.get("image_token_index", 32000)),
         projector="mlp2x_gelu",
-        vision_feature_layer=layer,
+        projector_act=act,
+        projector_bias=bool(hf.get("multimodal_projector_bias", True)),
+        vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
         vision_feature_select=hf.get("vision_feature_select_strategy", "default"),
     )
 
@@ -104,18 +110,25 @@ def config_to_hf(cfg: VLMConfig) -> dict:
         model_type="llava", architectures=["LlavaForConditionalGeneration"],
         vision_config=hf_vision.config_to_hf(cfg.vision), text_config=hf_decoder.config_to_hf(cfg.decoder),
         image_token_index=cfg.image_token_id, image_seq_length=cfg.num_image_tokens,
-        projector_hidden_act="gelu", multimodal_projector_bias=True,
-        vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy=cfg.vision_feature_select,
-        tie_word_embeddings=cfg.decoder.tie_word_embeddings,
+        projector_hidden_act=cfg.projector_act, multimodal_projector_bias=cfg.projector_bias,
+        vision_feature_layer=cfg.vision_feature_layer if isinstance(cfg.vision_feature_layer, int)
+        else list(cfg.vision_feature_layer),
+        vision_feature_select_strategy=cfg.vision_feature_select, tie_word_embeddings=cfg.decoder.tie_word_embeddings,
     )
     want, plain = _fields(cfg), _fields(config_from_hf(hf))
     lost = sorted(k for k in want if want[k] != plain[k])
-    refused = [f"{k}={want[k]!r}" for k in lost if k.removeprefix("vision.") not in VISION_EXTRAS]
+    refused = [f"{k}={want[k]!r}" for k in lost if not (k.startswith("vision.") and k[7:] in VISION_EXTRAS)]
     if refused:
         raise ValueError(f"transformers' LLaVA config cannot express {', '.join(refused)}")
     if lost:
         hf[EXTRA_KEY] = {"vision": {k.removeprefix("vision."): want[k] for k in lost}}
     return hf
+
+
+def ignored(cfg: VLMConfig) -> dict[str, object]:
+    """The settings of `cfg` that `config_to_hf` keeps under `config.json['vlm_spatial']['vision']`:
+    transformers ignores them (and runs the model without them); vlm_spatial restores them."""
+    return config_to_hf(cfg).get(EXTRA_KEY, {}).get("vision", {})
 
 
 def read_config(path: str) -> VLMConfig:
@@ -127,7 +140,8 @@ def read_config(path: str) -> VLMConfig:
 def hf_entries(cfg: VLMConfig) -> list[namemap.Entry]:
     """The name map of `VLM(cfg)`: canonical LLaVA names <-> paths under 'vision', 'projector',
     'decoder'."""
-    projector = hf_decoder.projector_entries(cfg.projector, cfg.vision.hidden_size, cfg.decoder.hidden_size)
+    p = cfg.projector_config
+    projector = hf_decoder.projector_entries(p.kind, p.vision_dim, p.text_dim, p.use_bias)
     return (
         namemap.under(hf_vision.hf_entries(cfg.vision), VISION, ("vision",))
         + namemap.under(projector, PROJECTOR, ("projector",))

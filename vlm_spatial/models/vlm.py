@@ -1,10 +1,16 @@
 """The LLaVA composite: VisionEncoder -> feature layer/select -> connector -> merge -> Decoder.
 
 Matches `transformers.LlavaForConditionalGeneration`: the encoder's `hidden_states[feature_layer]`
-(default -2, before any post-norm), `'default'` selection drops token 0 (CLS), `'full'` keeps every
-token; the connector (`vlm_spatial.models.connectors`, LLaVA's projector) maps the features to the
-decoder width and owns how many image tokens they become; those replace the embeddings of the
-image-token positions, in order.
+(default -2, before any post-norm; several layers are concatenated along the features),
+`'default'` selection drops token 0 (CLS), `'full'` keeps every token; the connector
+(`vlm_spatial.models.connectors`, LLaVA's projector) maps the features to the decoder width and
+owns how many image tokens they become; those replace the embeddings of the image-token
+positions, in order.
+
+Images and rows: by default image b belongs to row b (`pixel_values [B, ...]`, a blank image for
+a text-only row; what training and generation pass). As in transformers, `pixel_values` may
+instead hold every image of the batch in order, several per row or none (`first_image [B]` says
+where each row's images start; `image_layout` computes it from the image tokens).
 """
 from __future__ import annotations
 
@@ -33,15 +39,30 @@ class VLMConfig:
     decoder: DecoderConfig
     image_token_id: int
     projector: str = "mlp2x_gelu"
-    vision_feature_layer: int = -2
+    projector_act: str = "gelu"  # HF `projector_hidden_act` (the MLP connector's activation)
+    projector_bias: bool = True  # HF `multimodal_projector_bias`
+    vision_feature_layer: int | tuple[int, ...] = -2  # several: their features are concatenated
     vision_feature_select: str = "default"
 
     def __post_init__(self):
+        if isinstance(self.vision_feature_layer, list):
+            object.__setattr__(self, "vision_feature_layer", tuple(self.vision_feature_layer))
         if self.vision_feature_select not in FEATURE_SELECT:
             raise ValueError(
                 f"vision_feature_select={self.vision_feature_select!r}; expected one of {FEATURE_SELECT}"
             )
-        connectors.get(self.projector)
+        n = self.vision.num_layers
+        bad = [i for i in self.feature_layers if not -(n + 1) <= i <= n]
+        if bad or not self.feature_layers:
+            raise ValueError(f"vision_feature_layer={self.vision_feature_layer!r}: the encoder has hidden states "
+                             f"0..{n} (or -{n + 1}..-1)")
+        self.projector_config  # noqa: B018 - built once here to validate the connector's kind and activation
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """The encoder hidden states whose features are used, concatenated in this order."""
+        layer = self.vision_feature_layer
+        return (layer,) if isinstance(layer, int) else tuple(layer)
 
     @property
     def feature_layout(self) -> FeatureLayout:
@@ -60,9 +81,9 @@ class VLMConfig:
     @property
     def projector_config(self) -> ProjectorConfig:
         """The connector's config: features of the encoder's width to the decoder's."""
-        return ProjectorConfig(kind=self.projector, vision_dim=self.vision.hidden_size,
-                               text_dim=self.decoder.hidden_size, dtype=self.decoder.dtype,
-                               param_dtype=self.decoder.param_dtype)
+        return ProjectorConfig(kind=self.projector, vision_dim=self.vision.hidden_size * len(self.feature_layers),
+                               text_dim=self.decoder.hidden_size, act=self.projector_act, use_bias=self.projector_bias,
+                               dtype=self.decoder.dtype, param_dtype=self.decoder.param_dtype)
 
     @property
     def num_image_tokens(self) -> int:
@@ -73,6 +94,8 @@ class VLMConfig:
         """JSON-ready dict; inverse of `from_dict`."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["vision"], d["decoder"] = self.vision.to_dict(), self.decoder.to_dict()
+        if isinstance(self.vision_feature_layer, tuple):
+            d["vision_feature_layer"] = list(self.vision_feature_layer)
         return d
 
     @classmethod
@@ -84,32 +107,50 @@ class VLMConfig:
         return cls(**d)
 
 
-def check_image_tokens(input_ids: np.ndarray, image_token_id: int, features_per_image: np.ndarray) -> None:
-    """Raise ValueError if a row holds image tokens but not exactly its image's feature count.
+def image_layout(input_ids: np.ndarray, image_token_id: int, tokens_per_image: int, num_images: int
+                 ) -> np.ndarray | None:
+    """Which images of `pixel_values [num_images, ...]` the rows of `input_ids [B, T]` use:
+    None when image b belongs to row b (`num_images == B`, no row with more than one image's
+    tokens; text-only rows carry an unused image), else `first_image [B]` int32, each row's first
+    image when the images are the batch's images in order (transformers' convention).
 
-    `input_ids [B,T]`; `features_per_image [B]`. Rows without image tokens are text-only and pass.
+    Raises ValueError naming the row whose image-token count is not a multiple of
+    `tokens_per_image`, or the counts when they ask for another number of images.
     """
     counts = (np.asarray(input_ids) == image_token_id).sum(axis=1)
-    for row, (count, need) in enumerate(zip(counts, np.broadcast_to(features_per_image, counts.shape))):
-        if count and count != need:
+    for row, count in enumerate(counts):
+        if count % tokens_per_image:
             raise ValueError(
-                f"input_ids row {row} holds {count} image tokens (id {image_token_id}) but its image "
-                f"gives {need} features; expand the image marker to exactly {need} tokens"
+                f"input_ids row {row} holds {count} image tokens (id {image_token_id}) but an image gives "
+                f"{tokens_per_image} features; expand each image marker to exactly {tokens_per_image} tokens"
             )
+    per_row = counts // tokens_per_image
+    if num_images == len(counts) and (per_row <= 1).all():
+        return None
+    if per_row.sum() != num_images:
+        raise ValueError(f"input_ids hold the image tokens of {per_row.sum()} images (per row: {per_row.tolist()}) "
+                         f"but pixel_values holds {num_images}")
+    return (np.cumsum(per_row) - per_row).astype(np.int32)
 
 
 def merge_image_features(
-    embeds: jnp.ndarray, input_ids: jnp.ndarray, features: jnp.ndarray, image_token_id: int
+    embeds: jnp.ndarray, input_ids: jnp.ndarray, features: jnp.ndarray, image_token_id: int,
+    first_image: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """Write `features [B,N,D]` into `embeds [B,T,D]` at the image-token positions of `input_ids`.
-
-    The k-th image token of row b receives `features[b, k]`, as Hugging Face's `masked_scatter`
-    does when every image row has exactly N tokens (checked by `check_image_tokens` outside jit).
-    """
+    """Write image `features [M,N,D]` into `embeds [B,T,D]` at the image-token positions of
+    `input_ids`: the k-th image token of row b receives token k mod N of image
+    `first_image[b] + k // N` (image b when `first_image` is None), as Hugging Face's
+    `masked_scatter` does (the counts are checked by `image_layout` outside jit)."""
     is_image = input_ids == image_token_id
-    index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
-    gathered = jnp.take_along_axis(features, index[..., None], axis=1).astype(embeds.dtype)
-    return jnp.where(is_image[..., None], gathered, embeds)
+    k = jnp.cumsum(is_image, axis=1) - 1
+    n = features.shape[1]
+    if first_image is None:  # row b reads image b: a gather within each row, local to a batch shard
+        index = jnp.clip(k, 0, n - 1)
+        gathered = jnp.take_along_axis(features, index[..., None], axis=1)
+    else:
+        image = jnp.clip(first_image[:, None] + k // n, 0, features.shape[0] - 1)
+        gathered = features[image, jnp.clip(k, 0, None) % n]
+    return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
 
 
 class VLM(nnx.Module):
@@ -123,24 +164,26 @@ class VLM(nnx.Module):
         self.decoder = Decoder(cfg.decoder, rngs=rngs)
 
     def image_features(self, pixel_values, *, pixel_attention_mask=None, spatial_shapes=None) -> jnp.ndarray:
-        """Projected image features `[B,N,D]` from pixels `[B,H,W,3]` (or NaFlex patches `[B,P,3pp]`)."""
+        """Projected image features `[M,N,D]` from pixels `[M,H,W,3]` (or NaFlex patches `[M,P,3pp]`):
+        the hidden states of `feature_layers`, each selected, concatenated, through the connector."""
         out = self.vision(pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes)
-        selected = out.hidden_states[self.cfg.vision_feature_layer]
+        selected = [out.hidden_states[i] for i in self.cfg.feature_layers]
         if self.cfg.vision_feature_select == "default":
-            selected = selected[:, 1:]
-        return self.projector(selected)
+            selected = [h[:, 1:] for h in selected]
+        return self.projector(jnp.concatenate(selected, axis=-1) if len(selected) > 1 else selected[0])
 
     def embed_inputs(
-        self, input_ids, pixel_values=None, *, pixel_attention_mask=None, spatial_shapes=None
+        self, input_ids, pixel_values=None, *, pixel_attention_mask=None, spatial_shapes=None, first_image=None
     ) -> jnp.ndarray:
-        """Token embeddings `[B,T,D]` with image features written at the image-token positions."""
+        """Token embeddings `[B,T,D]` with image features written at the image-token positions
+        (`first_image`: see `merge_image_features`)."""
         embeds = self.decoder.embed(input_ids)
         if pixel_values is None:
             return embeds
         features = self.image_features(
             pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
         )
-        return merge_image_features(embeds, input_ids, features, self.cfg.image_token_id)
+        return merge_image_features(embeds, input_ids, features, self.cfg.image_token_id, first_image)
 
     def __call__(
         self,
@@ -151,11 +194,14 @@ class VLM(nnx.Module):
         positions=None,
         pixel_attention_mask=None,
         spatial_shapes=None,
+        first_image=None,
         cache=None,
         output_hidden_states=True,
         output_logits=True,
     ):
-        """Logits for `input_ids [B,T]` and one image per row `pixel_values [B,H,W,3]` (or None).
+        """Logits for `input_ids [B,T]` and one image per row `pixel_values [B,H,W,3]` (or None;
+        NaFlex: patches `[B,P,3pp]` with `pixel_attention_mask`, `spatial_shapes`). With
+        `first_image [B]` the images are the batch's images in order instead (module docstring).
 
         `attention_mask [B,T]` (1 = real token) defaults to all ones; positions default to the
         count of real tokens before each one. Returns the decoder's output (`.logits` float32
@@ -167,7 +213,8 @@ class VLM(nnx.Module):
         if positions is None:
             positions = positions_from_mask(attention_mask)
         embeds = self.embed_inputs(
-            input_ids, pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
+            input_ids, pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
+            first_image=first_image,
         )
         return self.decoder(
             embeds, positions=positions, attention_mask=attention_mask, cache=cache,
