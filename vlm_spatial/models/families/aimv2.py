@@ -7,9 +7,9 @@ every token ('full').
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import (Family, attention_rows, common_fields, common_to_hf, linear_rows,
+from vlm_spatial.models.families.base import (TINY, Family, attention_rows, common_fields, common_to_hf, linear_rows,
                                               mlp_rows, norm_rows, register, square)
-from vlm_spatial.models.families.clip import CLIP_MEAN, CLIP_STD, TINY
+from vlm_spatial.models.families.clip import CLIP_MEAN, CLIP_STD
 from vlm_spatial.models.vision import VisionConfig
 
 
@@ -24,9 +24,6 @@ class AIMv2(Family):
     image_mean, image_std = CLIP_MEAN, CLIP_STD
     native_size = 336
     tiny = "tiny-aimv2"
-
-    def presets(self):
-        return PRESETS
 
     def config_from_hf(self, c):
         return dict(common_fields(c), image_size=square(c["image_size"]), norm="rmsnorm", norm_eps=c["rms_norm_eps"],

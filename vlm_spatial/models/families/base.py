@@ -18,12 +18,15 @@ without the tower prefix, `{i}` standing for the layer index (ours stacked on ax
 """
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from vlm_spatial.models.vision import VisionConfig
 
 Row = tuple[str, str, str]
+# The size of every family's tiny preset (tests, `configs/*.py:tiny` start from it)
+TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=8, image_size=32)
 
 _FAMILIES: dict[str, "Family"] = {}
 
@@ -48,8 +51,9 @@ class Family:
         return self.hf_defaults
 
     def presets(self) -> dict[str, "VisionConfig"]:
-        """Named architectures of the family (public checkpoints and tiny test models)."""
-        raise NotImplementedError
+        """Named architectures of the family (public checkpoints and tiny test models): the
+        `PRESETS` dict of its module, built after the class is registered."""
+        return sys.modules[type(self).__module__].PRESETS
 
     def tiny_preset(self, preset: "VisionConfig") -> str:
         """The tiny preset with the switches of `preset` (a preset of this family)."""

@@ -6,8 +6,8 @@ after it), the post-norm on the pooled CLS only. LLaVA drops the CLS token ('def
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import (Family, attention_rows, common_fields, common_to_hf, linear_rows,
-                                              mlp_rows, norm_rows, register, square)
+from vlm_spatial.models.families.base import (TINY, Family, attention_rows, common_fields, common_to_hf,
+                                              linear_rows, mlp_rows, norm_rows, register, square)
 from vlm_spatial.models.vision import VisionConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,9 +45,6 @@ class CLIP(Family):
     feature_select = "default"
     tiny = "tiny-clip"
 
-    def presets(self):
-        return PRESETS
-
     def config_from_hf(self, c):
         return dict(common_fields(c), **SWITCHES, image_size=square(c["image_size"]), norm_eps=c["layer_norm_eps"])
 
@@ -68,7 +65,6 @@ class CLIP(Family):
 SWITCHES = dict(norm="layernorm", mlp="mlp", patch_bias=False, cls_token=True, pre_norm=True, post_norm="pooled",
                 head="cls")
 _CLIP = dict(SWITCHES, family="clip", norm_eps=1e-5, act="quick_gelu")
-TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=8, image_size=32)
 
 PRESETS = {
     # openai/clip-vit-large-patch14-336: 577 tokens

@@ -11,8 +11,8 @@ at run time: bicubic, and for the with-registers model bicubic with antialias; `
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import (Family, fused_rows, linear_rows, mlp_rows, norm_rows, register,
-                                              square)
+from vlm_spatial.models.families.base import (TINY, Family, fused_rows, linear_rows, mlp_rows, norm_rows,
+                                              register, square)
 from vlm_spatial.models.vision import VisionConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,9 +59,6 @@ class DINOv2(Family):
         if model_type == REGISTERS:
             return dict(self.hf_defaults, patch_size=16, num_register_tokens=4, use_mask_token=True)
         return self.hf_defaults
-
-    def presets(self):
-        return PRESETS
 
     def tiny_preset(self, preset):
         return "tiny-dinov2-reg" if preset.num_register_tokens else self.tiny
@@ -123,13 +120,12 @@ SWITCHES = dict(norm="layernorm", cls_token=True, layer_scale=True, post_norm="s
 _DINOV2 = dict(SWITCHES, family="dinov2", norm_eps=1e-6, mlp="mlp", act="gelu", mask_token=True)
 _LARGE = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, patch_size=14, image_size=518)
 _REG = dict(num_register_tokens=4, pos_interpolation="bicubic_antialias")
-_TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=8, image_size=32)
 
 PRESETS = {
     # facebook/dinov2-large: a 37x37 position grid (518 px), used at 224 px (interpolated)
     "dinov2-l/14-518": VisionConfig(**_DINOV2, **_LARGE),
     # facebook/dinov2-with-registers-large: the same with 4 register tokens
     "dinov2-reg-l/14-518": VisionConfig(**_DINOV2, **_LARGE, **_REG),
-    "tiny-dinov2": VisionConfig(**_DINOV2, **_TINY),
-    "tiny-dinov2-reg": VisionConfig(**_DINOV2, **_TINY, **_REG),
+    "tiny-dinov2": VisionConfig(**_DINOV2, **TINY),
+    "tiny-dinov2-reg": VisionConfig(**_DINOV2, **TINY, **_REG),
 }

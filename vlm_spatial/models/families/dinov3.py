@@ -11,8 +11,8 @@ here. ImageNet mean/std; LLaVA drops the CLS token ('default').
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import (Family, common_fields, common_to_hf, linear_rows, mlp_rows, norm_rows,
-                                              register, square)
+from vlm_spatial.models.families.base import (TINY, Family, common_fields, common_to_hf, linear_rows, mlp_rows,
+                                              norm_rows, register, square)
 from vlm_spatial.models.families.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from vlm_spatial.models.vision import VisionConfig
 
@@ -30,9 +30,6 @@ class DINOv3(Family):
     native_size = 224
     feature_select = "default"
     tiny = "tiny-dinov3"
-
-    def presets(self):
-        return PRESETS
 
     def config_from_hf(self, c):
         biases = {k: c[k] for k in ("query_bias", "value_bias", "proj_bias")}
@@ -81,6 +78,5 @@ PRESETS = {
     # facebook/dinov3-vitl16-pretrain-lvd1689m: 4 register tokens, 224 px (any size works)
     "dinov3-l/16-224": VisionConfig(**_DINOV3, hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
                                     patch_size=16, image_size=224, num_register_tokens=4),
-    "tiny-dinov3": VisionConfig(**_DINOV3, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                patch_size=8, image_size=32, num_register_tokens=2),
+    "tiny-dinov3": VisionConfig(**_DINOV3, **TINY, num_register_tokens=2),
 }

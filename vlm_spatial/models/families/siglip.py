@@ -6,9 +6,9 @@ one fused `in_proj_weight`. LLaVA keeps every token ('full').
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import (Family, common_fields, common_to_hf, fused_rows, linear_rows, mlp_rows,
-                                              norm_rows, register, square)
-from vlm_spatial.models.families.clip import TINY, embedding_rows, layer_rows
+from vlm_spatial.models.families.base import (TINY, Family, common_fields, common_to_hf, fused_rows, linear_rows,
+                                              mlp_rows, norm_rows, register, square)
+from vlm_spatial.models.families.clip import embedding_rows, layer_rows
 from vlm_spatial.models.vision import VisionConfig
 
 HALF = (0.5, 0.5, 0.5)
@@ -34,9 +34,6 @@ class SigLIP(Family):
     image_mean, image_std = HALF, HALF
     native_size = 384
     tiny = "tiny-siglip"
-
-    def presets(self):
-        return PRESETS
 
     def config_from_hf(self, c):
         return dict(common_fields(c), norm="layernorm", norm_eps=c["layer_norm_eps"],

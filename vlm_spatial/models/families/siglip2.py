@@ -9,8 +9,7 @@ this family also loads checkpoints of the 'siglip' family.
 """
 from __future__ import annotations
 
-from vlm_spatial.models.families.base import register, square
-from vlm_spatial.models.families.clip import TINY
+from vlm_spatial.models.families.base import TINY, register, square
 from vlm_spatial.models.families.siglip import SO400M, SWITCHES, SigLIP
 from vlm_spatial.models.vision import VisionConfig
 
@@ -25,9 +24,6 @@ class SigLIP2(SigLIP):
                        vision_use_head=True, num_patches=256)
     accepts = ("siglip",)
     tiny = "tiny-siglip2-fixed"
-
-    def presets(self):
-        return PRESETS
 
     def tiny_preset(self, preset):
         return "tiny-siglip2" if preset.naflex else self.tiny
