@@ -11,7 +11,7 @@ import time
 import pytest
 
 from configs import aimv2_2drope, clip
-from vlm_spatial.config_check import ConfigError, validate
+from vlm_spatial.runconfig import ConfigError, parse
 from vlm_spatial.models.presets import vlm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ SHORT = [  # the tiny job, shorter: a few steps per stage, a small synthetic set
 
 def _problems(config, devices=8) -> list[str]:
     try:
-        validate(config, devices)
+        parse(config, devices)
     except ConfigError as e:
         return e.problems
     return []

@@ -296,7 +296,8 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     ``benchmarks``: registry names (``python -m vlm_spatial.evaluate list``); their files are
     read from ``data_root`` first, so a missing one fails before the model loads.
     ``variant``: the paper row to compare with, a config name ('aimv2_2drope') or a table row
-    name ('LLaVA-AIMv2-2D-RoPE'); default: `paper_variant` of the checkpoint's config. ``mesh``:
+    name ('LLaVA-AIMv2-2D-RoPE'); default: `paper_variant` of the checkpoint's config (none when the
+    paper has no row for it). ``mesh``:
     shard params and batches on it (e.g. the training mesh); None = `vlm_spatial.load`'s default. ``limit``: the first N questions of each benchmark.
     ``max_new_tokens``: overrides each benchmark's own. ``mcq``: see `vlm_predictor`.
     ``dtype``: compute dtype override (e.g. 'bfloat16'). ``options``: benchmark options.
@@ -306,7 +307,13 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     check_variant(variant)
     loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
     vlm = vlm_spatial.load(checkpoint, dtype=dtype, mesh=mesh)
-    variant = variant or paper_variant(vlm.config)
+    if variant is None:  # resolved before any benchmark runs: a model the paper has no row for reports alone
+        variant = paper_variant(vlm.config)
+        try:
+            check_variant(variant)
+        except KeyError:
+            log.info("the paper has no row for %s; the report shows this run alone", variant)
+            variant = None
     log.info("evaluating %s as paper variant %s on %s", checkpoint, variant, ", ".join(loaded))
     return run(loaded, out_dir, vlm_predictor(vlm, mcq), variant=variant, batch_size=batch_size,
                max_new_tokens=max_new_tokens)

@@ -12,8 +12,10 @@ from typing import Sequence
 
 import optax
 
-# training-part name (config) -> top-level attribute of the VLM module
+# THE table of trainable parts: part name (config `stages.<name>.trainable_parts`) -> top-level
+# subtree of the VLM's params (its attribute)
 PARTS = {"vision": "vision", "projector": "projector", "lm": "decoder"}
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -63,7 +65,7 @@ def lr_schedule(lr: float, total_steps: int, warmup_ratio: float = 0.03, kind: s
     elif kind == "constant":
         decay = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"unknown schedule {kind!r}; choose cosine, linear or constant")
+        raise ValueError(f"unknown schedule {kind!r}; one of {', '.join(SCHEDULES)}")
     if warm == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
