@@ -504,43 +504,49 @@ class RunConfig:
 
     def ignored(self) -> dict[str, str]:
         """{field or section: why this run does not read it}. Setting one explicitly is an error."""
-        out: dict[str, str] = {}
-        for s in TRAIN_STAGES:
-            if s not in self.run:
-                out[f"stages.{s}"] = f"'{s}' is not in run={self.run}"
-        for s in self.train_stages:
-            st = self.stages[s]
-            if st.num_steps:
-                out[f"stages.{s}.num_epochs"] = f"stages.{s}.num_steps={st.num_steps} is set (0 = use num_epochs)"
-            if self.data.kind == "synthetic":
-                for f in ("data_file", "image_root"):
-                    out[f"stages.{s}.{f}"] = f"data.kind='synthetic' reads stages.{s}.synthetic_split"
-            else:
-                out[f"stages.{s}.synthetic_split"] = f"data.kind='llava' reads stages.{s}.data_file and image_root"
-        if self.data.kind == "llava":
-            out["data.synthetic"] = "data.kind='llava'"
-        if "eval" not in self.run:
-            out["eval"] = f"'eval' is not in run={self.run}"
-        if not self.train_stages:
-            why = f"no training stage in run={self.run} (eval reads the finished stages' checkpoints)"
-            out.update({k: why for k in ("seed", "model", "checkpoint", "log", "data.max_len", "data.bucket_lengths",
-                                         "data.num_workers", "data.resize_mode", "data.on_bad_record")})
-            return out
-        m = self.model
-        if m.random_init:
-            out["model.init_checkpoint"] = "model.random_init=True"
-        else:
-            why = ("the checkpoint's architecture is used (model.vision only names the encoder family it must "
-                   "hold); change it with the knobs model.rope2d, rope2d_theta, rope2d_layers, keep_abs_pos_emb, "
-                   "image_size, vision_feature_layer, vision_feature_select, connector, or assemble another one")
-            out.update({f"model.{k}": why for k in ("vision", "decoder", "vision_overrides", "decoder_overrides")})
-        if not m.rope2d:
-            out.update({f"model.{k}": "model.rope2d=False" for k in ("rope2d_theta", "rope2d_layers", "keep_abs_pos_emb")})
-        return out
+        return ignored_fields(self.run, self.data.kind, self.model.random_init, self.model.rope2d,
+                              {s: st.num_steps for s, st in self.stages.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict with the field names of the ConfigDict it came from (JSON-ready)."""
         return _to_plain(self)
+
+
+def ignored_fields(run: tuple[str, ...], data_kind: str | None, random_init: bool | None, rope2d: bool | None,
+                   num_steps: Mapping[str, int]) -> dict[str, str]:
+    """{field or section: why it is not read} by a run of the stages `run` on `data_kind` data, from a
+    random init or not, with 2D-RoPE or not, with the stages' `num_steps`. A rule whose switch is
+    None (unknown: that part of the config has problems of its own) is left out."""
+    out: dict[str, str] = {}
+    train = [s for s in TRAIN_STAGES if s in run]
+    out.update({f"stages.{s}": f"'{s}' is not in run={run}" for s in TRAIN_STAGES if s not in run})
+    for s in train:
+        if num_steps.get(s):
+            out[f"stages.{s}.num_epochs"] = f"stages.{s}.num_steps={num_steps[s]} is set (0 = use num_epochs)"
+        if data_kind == "synthetic":
+            out.update({f"stages.{s}.{f}": f"data.kind='synthetic' reads stages.{s}.synthetic_split"
+                        for f in ("data_file", "image_root")})
+        elif data_kind == "llava":
+            out[f"stages.{s}.synthetic_split"] = f"data.kind='llava' reads stages.{s}.data_file and image_root"
+    if data_kind == "llava":
+        out["data.synthetic"] = "data.kind='llava'"
+    if "eval" not in run:
+        out["eval"] = f"'eval' is not in run={run}"
+    if not train:
+        why = f"no training stage in run={run} (eval reads the finished stages' checkpoints)"
+        out.update({k: why for k in ("seed", "model", "checkpoint", "log", "data.max_len", "data.bucket_lengths",
+                                     "data.num_workers", "data.resize_mode", "data.on_bad_record")})
+        return out
+    if random_init:
+        out["model.init_checkpoint"] = "model.random_init=True"
+    elif random_init is False:
+        why = ("the checkpoint's architecture is used (model.vision only names the encoder family it must "
+               "hold); change it with the knobs model.rope2d, rope2d_theta, rope2d_layers, keep_abs_pos_emb, "
+               "image_size, vision_feature_layer, vision_feature_select, connector, or assemble another one")
+        out.update({f"model.{k}": why for k in ("vision", "decoder", "vision_overrides", "decoder_overrides")})
+    if rope2d is False:
+        out.update({f"model.{k}": "model.rope2d=False" for k in ("rope2d_theta", "rope2d_layers", "keep_abs_pos_emb")})
+    return out
 
 
 def _to_plain(x):
@@ -674,6 +680,7 @@ def parse(config, num_devices: int, num_processes: int = 1, *, overrides: Iterab
     scratch: list[str] = []
     names = [s for s in _convert(tuple[str, ...], _get(config, "run"), "run", scratch) or () if s in STAGES]
     kind = data.get("kind")
+    model_parts = _parts(ModelConfig, config, "model")
     batch_shards = None
     if mesh is not None:
         try:
@@ -685,11 +692,10 @@ def parse(config, num_devices: int, num_processes: int = 1, *, overrides: Iterab
         if any(s in names for s in TRAIN_STAGES):
             if model is not None:
                 problems += _under("model", model.check_checkpoint(kind))
-            else:  # the model has problems of its own: still check where it starts from
-                m = _parts(ModelConfig, config, "model")
-                if m.get("random_init") is False and isinstance(m.get("init_checkpoint"), str):
-                    bad = _path_problem("model.init_checkpoint", m["init_checkpoint"], ASSEMBLE, "dir")
-                    problems += [bad] if bad else []
+            elif model_parts.get("random_init") is False and "init_checkpoint" in model_parts:
+                # the model has problems of its own: still check where it starts from
+                bad = _path_problem("model.init_checkpoint", model_parts["init_checkpoint"], ASSEMBLE, "dir")
+                problems += [bad] if bad else []
         if kind == "synthetic" and data.get("synthetic") is not None:
             problems += _under("data.synthetic", data["synthetic"].check_paths())
         for s, stage in stages.items():
@@ -697,13 +703,13 @@ def parse(config, num_devices: int, num_processes: int = 1, *, overrides: Iterab
                 problems += _under(f"stages.{s}", stage.check_environment(s, kind, batch_shards, num_processes))
         if evals is not None and "eval" in names:
             problems += _under("eval", evals.check_paths(kind))
-    if run is not None:
-        ignored = run.ignored()
-        for field in overrides:
-            for prefix, why in ignored.items():
-                if field == prefix or field.startswith(prefix + ".") or prefix.startswith(field + "."):
-                    problems.append(f"{field}: set but not read by this run: {why}; remove the override")
-                    break
+    ignored = ignored_fields(tuple(names), kind, model_parts.get("random_init"), model_parts.get("rope2d"),
+                             {s: st.num_steps for s, st in stages.items()})
+    for field in overrides:
+        why = next((w for prefix, w in ignored.items()
+                    if field == prefix or field.startswith(prefix + ".") or prefix.startswith(field + ".")), None)
+        if why:
+            problems.append(f"{field}: set but not read by this run: {why}; remove the override")
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     return run
