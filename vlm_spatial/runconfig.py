@@ -300,7 +300,8 @@ class ModelConfig:
         if self.random_init:
             return []
         inside = ("model_config.json", "tokenizer") if data_kind == "llava" else ("model_config.json",)
-        bad = _path_problem("init_checkpoint", self.init_checkpoint, ASSEMBLE, "dir", inside)
+        what = ASSEMBLE if data_kind == "llava" else f"{ASSEMBLE} (or set model.random_init=True)"
+        bad = _path_problem("init_checkpoint", self.init_checkpoint, what, "dir", inside)
         if bad:
             return [bad]
         path = os.path.expanduser(self.init_checkpoint)
@@ -480,10 +481,11 @@ class RunConfig:
             if s not in self.stages:
                 problems.append(f"stages.{s}: missing; add the stage (see configs/common.py)")
             elif self.data.kind == "synthetic" and not self.stages[s].synthetic_split:
-                problems.append(f"stages.{s}.synthetic_split: not set; put one of {', '.join(SYNTHETIC_SPLITS)}")
+                problems.append(f"stages.{s}.synthetic_split: not set (data.kind='synthetic'); put one of "
+                                f"{', '.join(SYNTHETIC_SPLITS)}")
         if self.model.random_init and self.data.kind == "llava" and self.train_stages:
-            problems.append(f"model.random_init: LLaVA data is encoded with the initial checkpoint's tokenizer; put "
-                            f"False and set model.init_checkpoint to {ASSEMBLE}")
+            problems.append(f"model.random_init: LLaVA data (data.kind='llava') is encoded with the initial "
+                            f"checkpoint's tokenizer; put False and set model.init_checkpoint to {ASSEMBLE}")
         _raise_if(problems)
 
     @property
