@@ -506,7 +506,7 @@ class RunConfig:
 
     def ignored(self) -> dict[str, str]:
         """{field or section: why this run does not read it}. Setting one explicitly is an error."""
-        return ignored_fields(self.run, self.data.kind, self.model.random_init, self.model.rope2d,
+        return ignored_fields(self.data.kind, self.model.random_init, self.model.rope2d,
                               {s: st.num_steps for s, st in self.stages.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -514,17 +514,18 @@ class RunConfig:
         return _to_plain(self)
 
 
-def ignored_fields(run: tuple[str, ...], data_kind: str | None, random_init: bool | None, rope2d: bool | None,
+def ignored_fields(data_kind: str | None, random_init: bool | None, rope2d: bool | None,
                    num_steps: Mapping[str, int]) -> dict[str, str]:
-    """{field or section: why it is not read} by a run of the stages `run` on `data_kind` data, from a
-    random init or not, with 2D-RoPE or not, with the stages' `num_steps`. A rule whose switch is
-    None (unknown: that part of the config has problems of its own) is left out."""
+    """{field or section: why no stage of the job reads it}, for a job on `data_kind` data, from a
+    random init or not, with 2D-RoPE or not, with the training stages' `num_steps`. A rule whose
+    switch is None (unknown: that part of the config has problems of its own) is left out.
+
+    The settings of a stage left out of `run` are not ignored: a later start of the same job (the
+    same command with another `run`, as when resuming) reads them, so they stay part of its config."""
     out: dict[str, str] = {}
-    train = [s for s in TRAIN_STAGES if s in run]
-    out.update({f"stages.{s}": f"'{s}' is not in run={run}" for s in TRAIN_STAGES if s not in run})
-    for s in train:
-        if num_steps.get(s):
-            out[f"stages.{s}.num_epochs"] = f"stages.{s}.num_steps={num_steps[s]} is set (0 = use num_epochs)"
+    for s, steps in num_steps.items():
+        if steps:
+            out[f"stages.{s}.num_epochs"] = f"stages.{s}.num_steps={steps} is set (0 = use num_epochs)"
         if data_kind == "synthetic":
             out.update({f"stages.{s}.{f}": f"data.kind='synthetic' reads stages.{s}.synthetic_split"
                         for f in ("data_file", "image_root")})
@@ -532,13 +533,6 @@ def ignored_fields(run: tuple[str, ...], data_kind: str | None, random_init: boo
             out[f"stages.{s}.synthetic_split"] = f"data.kind='llava' reads stages.{s}.data_file and image_root"
     if data_kind == "llava":
         out["data.synthetic"] = "data.kind='llava'"
-    if "eval" not in run:
-        out["eval"] = f"'eval' is not in run={run}"
-    if not train:
-        why = f"no training stage in run={run} (eval reads the finished stages' checkpoints)"
-        out.update({k: why for k in ("seed", "model", "checkpoint", "log", "data.max_len", "data.bucket_lengths",
-                                     "data.num_workers", "data.resize_mode", "data.on_bad_record")})
-        return out
     if random_init:
         out["model.init_checkpoint"] = "model.random_init=True"
     elif random_init is False:
@@ -705,7 +699,7 @@ def parse(config, num_devices: int, num_processes: int = 1, *, overrides: Iterab
                 problems += _under(f"stages.{s}", stage.check_environment(s, kind, batch_shards, num_processes))
         if evals is not None and "eval" in names:
             problems += _under("eval", evals.check_paths(kind))
-    ignored = ignored_fields(tuple(names), kind, model_parts.get("random_init"), model_parts.get("rope2d"),
+    ignored = ignored_fields(kind, model_parts.get("random_init"), model_parts.get("rope2d"),
                              {s: st.num_steps for s, st in stages.items()})
     for field in overrides:
         why = next((w for prefix, w in ignored.items()
