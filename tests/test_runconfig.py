@@ -246,6 +246,12 @@ def test_a_run_from_a_checkpoint_takes_every_knob(tmp_path):
     c.model.keep_abs_pos_emb, c.model.rope2d_layers = True, (5,)
     problems = pytest.raises(runconfig.ConfigError, runconfig.parse, c, DEVICES).value.problems
     assert [p.split(":")[0] for p in problems] == ["model.rope2d_layers"], problems
+    no_table = dataclasses.replace(src, vision=dataclasses.replace(src.vision, rope2d=True, keep_abs_pos_emb=False))
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: presets_vlm(no_table)), nnx.Param))
+    checkpoint.write_model(str(tmp_path / "no_table"), no_table, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), params))
+    c.model.init_checkpoint, c.model.rope2d_layers = str(tmp_path / "no_table"), None
+    problems = pytest.raises(runconfig.ConfigError, runconfig.parse, c, DEVICES).value.problems
+    assert len(problems) == 1 and problems[0].startswith("model.keep_abs_pos_emb: ") and "no learned position" in problems[0]
 
 
 def presets_vlm(cfg, seed=0):

@@ -313,13 +313,13 @@ class ModelConfig:
         if family not in family_facts(want).checkpoint_families:
             return [f"init_checkpoint: {path!r} holds a {family} encoder but this variant's encoder is {want} "
                     f"(model.vision={self.vision!r}); assemble a {want} checkpoint"]
-        if self.keep_abs_pos_emb and ckpt.vision.pos_emb == "learned" and not ckpt.vision.uses_abs_pos_emb:
-            return [f"keep_abs_pos_emb: {path!r} has no learned position table (assembled with --no_abs_pos_emb); "
-                    f"put False"]
         try:
-            self.vlm_config(ckpt)
+            run_vision = self.vlm_config(ckpt).vision
         except ConfigError as e:
             return e.problems
+        if run_vision.pos_emb == "learned" and run_vision.uses_abs_pos_emb and not ckpt.vision.uses_abs_pos_emb:
+            return [f"keep_abs_pos_emb: {path!r} has no learned position table (assembled with --no_abs_pos_emb); "
+                    f"put False (with model.rope2d=True)"]
         return []
 
 
