@@ -599,7 +599,7 @@ def _convert(tp, value, field: str, problems: list[str]):
         inner = args[0]
         if inner is str:  # entries given comma-joined on the command line are split
             value = [p.strip() for entry in value for p in str(entry).split(",") if p.strip()]
-        out = [_convert(inner, v, f"{field}", problems) for v in value]
+        out = [_convert(inner, v, field, problems) for v in value]
         return _BAD if any(v is _BAD for v in out) else tuple(out)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

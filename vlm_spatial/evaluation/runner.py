@@ -289,7 +289,7 @@ def vlm_predictor(vlm, mcq: str = "generate") -> Predictor:
 def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, out_dir, *,
                         variant: Optional[str] = None, batch_size: int = 8, limit: Optional[int] = None,
                         max_new_tokens: Optional[int] = None, mesh=None, mcq: str = "generate",
-                        dtype: Optional[str] = None, **options) -> dict:
+                        dtype: Optional[str] = None, resize_mode: str = "resize", **options) -> dict:
     """Evaluate a model on benchmarks; returns {benchmark: metrics} and writes ``out_dir``.
 
     ``checkpoint``: a vlm_spatial checkpoint, training workdir or Hugging Face LLaVA directory.
@@ -300,13 +300,17 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     paper has no row for it). ``mesh``:
     shard params and batches on it (e.g. the training mesh); None = `vlm_spatial.load`'s default. ``limit``: the first N questions of each benchmark.
     ``max_new_tokens``: overrides each benchmark's own. ``mcq``: see `vlm_predictor`.
-    ``dtype``: compute dtype override (e.g. 'bfloat16'). ``options``: benchmark options.
+    ``dtype``: compute dtype override (e.g. 'bfloat16'). ``resize_mode``: image preprocessing as the
+    model was trained, 'resize' (the paper's) or 'pad' (LLaVA's pad-to-square). ``options``:
+    benchmark options.
     """
     import vlm_spatial
+    from vlm_spatial.api import image_config_for
 
     check_variant(variant)
     loaded = load_benchmarks(benchmarks, data_root, limit=limit, **options)
     vlm = vlm_spatial.load(checkpoint, dtype=dtype, mesh=mesh)
+    vlm.image_config = image_config_for(vlm.config, resize_mode)
     if variant is None:  # resolved before any benchmark runs: a model the paper has no row for reports alone
         variant = paper_variant(vlm.config)
         try:
