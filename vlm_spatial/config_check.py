@@ -290,6 +290,9 @@ def validate(config, num_devices: int, num_processes: int = 1, source: str = "th
                                       "(files listed in vlm_spatial/evaluation/benchmarks/<name>.py)", kind="dir")
         ck.number("eval.batch_size", int, 1)
         ck.number("eval.limit", int, 0)
+        from vlm_spatial.evaluation.rules import RULE_SETS
+
+        ck.choice("eval.rules", RULE_SETS)
     ck.number("checkpoint.save_every", int, 1)
     ck.number("checkpoint.keep", int, 1)
     ck.get("checkpoint.async_save", bool)

@@ -92,7 +92,7 @@ def evaluate(config, workdir: str, stage_dir: str, synth_dir: str | None, mesh) 
     data_root = os.path.expanduser(config.eval.data_root) or synth_dir
     return evaluate_checkpoint(stage_dir, split_parts(config.eval.benchmarks), data_root,
                                os.path.join(workdir, "eval"), batch_size=int(config.eval.batch_size),
-                               limit=int(config.eval.limit) or None, mesh=mesh)
+                               limit=int(config.eval.limit) or None, mesh=mesh, rules=config.eval.rules)
 
 
 def run_job(config, workdir: str) -> dict:
