@@ -44,9 +44,9 @@ substring and TallyQA's first count all change when an answer is cut. So each be
 rule reads the answer generates up to `HARNESS_MAX_NEW_TOKENS` (decoding stops at EOS, so a model
 that answers "B" still takes two steps). GQA keeps 16: its answers are compared whole with a gold
 of a few words, so an answer longer than 16 tokens is wrong cut or uncut. The synthetic set keeps
-16 (answers of at most 3 tokens, no harness). Measured on the real model outputs in
-``shared/benchmark_samples`` (LLaMA tokenizer) and the synthetic set, the earlier defaults (16 to
-128) cut no answer there; see README "Evaluate" for the figures and the command.
+16 (one-word answers, no harness). On the real model outputs in ``shared/benchmark_samples``
+(LLaVA-1.5-13B, GPT-4V: at most 12 characters) the earlier defaults (16 to 128) cut no answer;
+README "Evaluate" names the command.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ class Synthetic(Benchmark):
     title = "Synthetic spatial"
     primary = "accuracy"
     paper_columns = {}
-    max_new_tokens = 16  # answers of at most 3 tokens; no harness to match
+    max_new_tokens = 16  # one-word answers; no harness to match
     subdirs = ("synthetic", "synthetic_spatial")
     expected_files = ("test_eval.json / val_eval.json (written by python -m vlm_spatial.data.synthetic)",)
     published = "generated locally by vlm_spatial.data.synthetic"
