@@ -89,6 +89,9 @@ def test_cli_end_to_end_on_the_synthetic_set(data_root, tiny_checkpoint, tmp_pat
                  "--data_root", str(data_root), "--out", str(tmp_path / "rescored")]) == 0
     assert json.loads(capsys.readouterr().out) == metrics
     assert same_files(out, tmp_path / "rescored")
+    assert main(["score", "--benchmark", "synthetic", "--predictions", str(out / "synthetic" / "predictions.jsonl"),
+                 "--data_root", str(data_root), "--rules", "vlmevalkit-2025.04"]) == 0
+    assert json.loads(capsys.readouterr().out)["rules"] == "vlmevalkit-2025.04"
 
     # sharded on a (2, 2, 2) mesh of the 8 fake devices: the same answers
     meshes = []
