@@ -115,23 +115,38 @@ class Crash(RuntimeError):
     pass
 
 
-def verbose(asked: list, die_after=None):
-    """A model stand-in whose answers the rule sets read differently: a multiple-choice letter
-    at the start of a 7-token sentence (read by vlmevalkit-2025.04, not by the last-4 window of
-    2025.09), right on every other question; the gold text for open questions."""
+def stand_in(answer, asked: list, die_after=None):
+    """A model stand-in: answers `answer(sample, number of questions asked so far)`, records the
+    question ids in `asked`, raises Crash once `die_after` questions were asked."""
     def predict(samples, max_new_tokens):
         outs = []
         for s in samples:
             if die_after is not None and len(asked) == die_after:
                 raise Crash
             asked.append(s.qid)
-            if s.choices:
-                letter = s.gold if len(asked) % 2 else next(c for c in s.choices if c != s.gold)
-                outs.append(f"{letter} is what I would answer here")
-            else:
-                outs.append(str(s.gold))
+            outs.append(answer(s, len(asked)))
         return outs
     return predict
+
+
+def scripted(asked: list, die_after=None):
+    """Right on every third question, an unparseable answer on every fifth."""
+    def answer(s, _):
+        i = int(s.qid.split("_")[-1])
+        return str(s.gold) if i % 3 == 0 else ("" if i % 5 == 0 else "purple")
+    return stand_in(answer, asked, die_after)
+
+
+def verbose(asked: list, die_after=None):
+    """Answers the rule sets read differently: a multiple-choice letter at the start of a 7-token
+    sentence (read by vlmevalkit-2025.04, not by the last-4 window of 2025.09), right on every
+    other question; the gold text for open questions."""
+    def answer(s, n):
+        if not s.choices:
+            return str(s.gold)
+        letter = s.gold if n % 2 else next(c for c in s.choices if c != s.gold)
+        return f"{letter} is what I would answer here"
+    return stand_in(answer, asked, die_after)
 
 
 RUN_INFO = {"checkpoint": "/ckpt/model", "dtype": "bfloat16", "mcq": "generate", "decode_rows": 8, "limit": None,
@@ -157,20 +172,6 @@ def test_rescoring_under_another_rule_set_equals_a_fresh_run_byte_for_byte(data_
     # without --rules, `score` keeps the rule set the file was scored by
     assert runner.score_file("synthetic", runs["vlmevalkit-2025.04"] / "synthetic" / "predictions.jsonl",
                              data_root) == old
-
-
-def scripted(asked: list, die_after=None):
-    """A model stand-in: right on every third question, an unparseable answer on every fifth."""
-    def predict(samples, max_new_tokens):
-        outs = []
-        for s in samples:
-            if die_after is not None and len(asked) == die_after:
-                raise Crash
-            asked.append(s.qid)
-            i = int(s.qid.split("_")[-1])
-            outs.append(str(s.gold) if i % 3 == 0 else ("" if i % 5 == 0 else "purple"))
-        return outs
-    return predict
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(data_root, tmp_path):
