@@ -108,6 +108,11 @@ class LoadedVLM:
             return {k: np.stack([it[k] for it in items]) for k in blank}
         return {"pixel_values": np.stack(items)}
 
+    @property
+    def decode_rows(self) -> int:
+        """Rows of every generation program (`gen.program_rows` for this model's mesh)."""
+        return gen.program_rows(1 if self.mesh is None else parallel.batch_divisor(self.mesh))
+
     def _sequences(self, images: Sequence, prompts: Sequence[str]) -> list[np.ndarray]:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
@@ -133,8 +138,7 @@ class LoadedVLM:
         how many prompts are passed together; sampled group k uses seed `seed + k`.
         """
         sequences = self._sequences(images, prompts)
-        enc, mesh = self.encoder, self.mesh
-        rows = gen.program_rows(1 if mesh is None else parallel.batch_divisor(mesh))
+        enc, mesh, rows = self.encoder, self.mesh, self.decode_rows
         stops = tuple(tuple(self._token_ids(s)) for s in stop_strings if s)
         decode = gen.DecodeConfig(max_new_tokens=max_new_tokens, eos_token_id=enc.eos_id, temperature=temperature,
                                   top_p=top_p, stop_sequences=tuple(s for s in stops if s))

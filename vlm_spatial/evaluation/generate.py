@@ -3,11 +3,13 @@
 Prompts are grouped by their own bucket length (the smallest of a few that holds the prompt)
 into programs of a fixed `DECODE_ROWS` rows (`fixed_shape_groups`), left-padded to the bucket,
 so one benchmark compiles a handful of programs (one per bucket in use) and a prompt's greedy
-answer does not depend on the batch size or on the other prompts of its batch: XLA picks its
-kernels by shape, and the row count alone moved 2 of 32 bf16 answers of a tiny model (batch 1 vs
-8 vs 16, tests/test_generate.py::test_greedy_answers_do_not_depend_on_the_batch). Prefill and the whole decode loop run inside one jitted function: the image encoder runs
-once, in the prefill, then a `lax.while_loop` feeds one token per step through the decoder's KV
-cache and stops when every row has produced EOS or a stop sequence, or `max_new_tokens` are out.
+answer does not depend on the batch size or on the other prompts of its batch. XLA picks its
+kernels by shape: with the whole batch padded to its longest prompt's bucket and to a power-of-two
+row count, bf16 answers moved with the batch size (tests/test_generate.py::
+test_whole_batch_padding_moved_bf16_answers). Prefill and the whole decode loop run inside one
+jitted function: the image encoder runs once, in the prefill, then a `lax.while_loop` feeds one
+token per step through the decoder's KV cache and stops when every row has produced EOS or a stop
+sequence, or `max_new_tokens` are out.
 
 Sharding: with a `mesh` (the training mesh, axes data/fsdp/tensor) the batch is sharded over
 data x fsdp (`parallel.shard_batch`), the KV cache likewise (kv heads over tensor where they

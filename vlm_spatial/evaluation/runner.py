@@ -104,8 +104,10 @@ def predictions_header(bench: Benchmark, max_new_tokens: Optional[int], run_info
     """The header record of ``bench``'s predictions file: benchmark, rule set, answer length and
     the run's `RUN_FIELDS` (from ``run_info``; None where not given)."""
     info = run_info or {}
-    return {HEADER_KEY: 1, "benchmark": bench.name, "rules": bench.rules.name,
-            "max_new_tokens": max_new_tokens, **{k: info.get(k) for k in RUN_FIELDS}}
+    header = {HEADER_KEY: 1, "benchmark": bench.name, "rules": bench.rules.name,
+              "max_new_tokens": max_new_tokens, **{k: info.get(k) for k in RUN_FIELDS}}
+    header["options"] = dict(header["options"] or {})  # no benchmark options: {}
+    return header
 
 
 def _write_predictions(path: Path, header: dict, rows: list[dict]) -> None:
@@ -406,7 +408,6 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     of ``evaluation/rules.py``; None: the default). ``options``: benchmark options.
     """
     import vlm_spatial
-    from vlm_spatial.evaluation.generate import DECODE_ROWS
 
     check_variant(variant)
     loaded = load_benchmarks(benchmarks, data_root, limit=limit, rules=rules, **options)
@@ -414,7 +415,7 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: Sequence[str], data_root, o
     variant = variant or paper_variant(vlm.config)
     log.info("evaluating %s as paper variant %s on %s", checkpoint, variant, ", ".join(loaded))
     run_info = {"checkpoint": os.path.abspath(checkpoint), "dtype": str(vlm.config.decoder.dtype), "mcq": mcq,
-                "decode_rows": DECODE_ROWS, "data_root": os.path.abspath(data_root), "limit": limit,
+                "decode_rows": vlm.decode_rows, "data_root": os.path.abspath(data_root), "limit": limit,
                 "options": options}
     return run(loaded, out_dir, vlm_predictor(vlm, mcq), variant=variant, batch_size=batch_size,
                max_new_tokens=max_new_tokens, run_info=run_info)
