@@ -11,12 +11,14 @@ re-scores a predictions file under another rule set without a model.
 Rule sets (VLMEvalKit, github open-compass/VLMEvalKit; each from reading the file at that commit):
 
 ``vlmevalkit-2025.04`` -- commit aca64dbb (2025-04-08), ``vlmeval/utils/matching_util.py`` as it
-    stayed until c3371551. ``can_infer_option``: exactly one option letter among the answer's
-    tokens (after ``.()[],:;!*#{}`` become spaces) is the answer, wherever it stands; no letter but
-    a bare ``Z`` is VLMEvalKit's refusal. ``can_infer_text`` (tried when that fails): exactly one
-    option text inside the lower-cased answer, whatever the answer's length. This revision has
-    no CountBenchQA and no TopViewRS; they are scored here with its matcher, CountBenchQA as a
-    fraction.
+    stayed until c3371551 (2025-08-04). ``can_infer_option``: exactly one option letter among the
+    answer's tokens (after ``.()[],:;!*#{}`` become spaces) is the answer, wherever it stands; no
+    letter but a bare ``Z`` is VLMEvalKit's refusal. ``can_infer_text`` (tried when that fails):
+    exactly one option text inside the lower-cased answer, whatever the answer's length.
+    aca64dbb itself has 5 of the 11 benchmarks (GQA, MMMU, MME, CCBench, SEEDBench-IMG); the
+    others came while this matcher was in force -- MMVP f8d3d8cf (2025-04-11), CV-Bench 41489af9
+    (04-28), CountBenchQA 26cb557c (05-27, a fraction), TallyQA f7a9433a (06-07), VSR-zeroshot
+    551c662a (07-20) -- except TopViewRS (d3aa188e), scored here with this matcher too.
 ``vlmevalkit-2025.09`` (the default) -- commit d3aa188e (2025-09-02), the first revision with all
     eleven of the paper's benchmarks (it adds TopViewRS), so the one that can have produced the
     paper's tables. Since c3371551 (2025-08-04): the letter counts only if its first occurrence
