@@ -50,6 +50,8 @@ refused):
   stages.<name>.data_file, image_root   LLaVA JSON and its image folder (data.kind='llava');
                            synthetic_split names the synthetic file instead (data.kind='synthetic')
   eval.benchmarks, data_root, batch_size, limit   benchmarks run on the last stage's checkpoint
+  eval.rules               scoring rule set: the harness revision the numbers follow
+                           (vlm_spatial/evaluation/rules.py; vlmevalkit-2025.09 = the paper's)
   checkpoint.save_every, keep, async_save   Orbax saves every N steps and at stage end, keep K
   log.tensorboard, progress   TensorBoard event files; the progress bar
 """
@@ -132,7 +134,7 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         # LLaVA-1.5) on llava_v1_5_mix665k, per-device batch 16 on 8 GPUs
         finetune=_stage(trainable_parts=("projector", "lm"), lr=2e-5, global_batch=128, template="vicuna_v1"),
     )
-    c.eval = dict(benchmarks=PAPER_BENCHMARKS, data_root="", batch_size=8, limit=0)
+    c.eval = dict(benchmarks=PAPER_BENCHMARKS, data_root="", batch_size=8, limit=0, rules="vlmevalkit-2025.09")
     c.checkpoint = dict(save_every=250, keep=2, async_save=True)
     c.log = dict(tensorboard=True, progress=True)
     return c
@@ -166,7 +168,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                template="plain", synthetic_split="pretrain")
     c.stages.finetune = _stage(trainable_parts=all_parts, lr=1e-3, global_batch=32, num_steps=1200,
                                template="vicuna_v1", synthetic_split="train")
-    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=100, limit=0)
+    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=100, limit=0, rules="vlmevalkit-2025.09")
     c.checkpoint = dict(save_every=250, keep=2, async_save=True)
     return c
 

@@ -67,6 +67,9 @@ def test_bad_fields_are_all_named():
                   "data.synthetic.dir", "data.on_bad_record"):
         assert any(p.startswith(field + ":") for p in problems), (field, problems)
     c = clip.get_config("tiny")
+    c.eval.rules = "vlmevalkit-2024"
+    assert [p.split(":")[0] for p in _problems(c)] == ["eval.rules"]
+    c = clip.get_config("tiny")
     c.stages.finetune.global_batch = 30  # 8 devices: 30 rows cannot be split over data x fsdp = 8
     assert [p.split(":")[0] for p in _problems(c)] == ["stages.finetune.global_batch"]
     c.stages.finetune.trainable_parts = ("projector,lm",)  # a comma-joined command-line value is split

@@ -167,6 +167,12 @@ def _unknown_benchmarks(names: tuple[str, ...]) -> str | None:
     return f"{bad or 'empty'}: put a tuple of {', '.join(known)}" if bad or not names else None
 
 
+def _rule_sets() -> tuple[str, ...]:
+    from vlm_spatial.evaluation.rules import RULE_SETS
+
+    return tuple(RULE_SETS)
+
+
 def _run_order(run: tuple[str, ...]) -> str | None:
     if list(run) != sorted(set(run), key=STAGES.index):
         return f"{run}: stages must be unique and in the order {', '.join(STAGES)}"
@@ -426,6 +432,7 @@ class EvalConfig:
     data_root: str = _field()  # '' with synthetic data: the synthetic set's folder
     batch_size: int = _field(lo=1)
     limit: int = _field(lo=0)  # 0 = every question
+    rules: str = _field(choices=lambda: _rule_sets())  # the scoring rule set (evaluation/rules.py)
 
     def __post_init__(self):
         _raise_if(_check_fields(self))

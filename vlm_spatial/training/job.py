@@ -65,12 +65,12 @@ def stage_spec(run: RunConfig, stage: str, num_records: int) -> StageSpec:
 def eval_args(run: RunConfig, workdir: str, synth_dir: str | None) -> dict:
     """The keyword arguments of `evaluation.runner.evaluate_checkpoint` (all but the checkpoint and
     the mesh) for the eval stage of `run`: its benchmarks on `eval.data_root` (the synthetic set's
-    folder when that is '' with synthetic data), compared with the paper's row of `variant` if any,
-    images preprocessed as in training (`data.resize_mode`)."""
+    folder when that is '' with synthetic data), scored by the rule set `eval.rules`, compared with
+    the paper's row of `variant` if any, images preprocessed as in training (`data.resize_mode`)."""
     e = run.eval
     return dict(benchmarks=e.benchmarks, data_root=os.path.expanduser(e.data_root) or synth_dir,
                 out_dir=os.path.join(workdir, "eval"), batch_size=e.batch_size, limit=e.limit or None,
-                variant=run.paper_variant, resize_mode=run.data.resize_mode)
+                variant=run.paper_variant, resize_mode=run.data.resize_mode, rules=e.rules)
 
 
 def _stage_dir(workdir: str, stage: str) -> str:
