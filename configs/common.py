@@ -6,8 +6,11 @@ model built from scratch and the built-in synthetic spatial set so the same vari
 CPU in minutes. Every field is overridable from the command line, e.g.
 `--config.stages.finetune.lr=1e-5` or `--config.model.init_checkpoint=/ckpts/aimv2_2drope`.
 
-Fields (validated by `vlm_spatial.config_check` before anything heavy starts):
+Fields (turned into the typed, frozen `vlm_spatial.runconfig.RunConfig` and checked, all problems at
+once, before anything heavy starts; a field set on the command line that the run does not read is
+refused):
 
+  variant              the paper variant (the eval report compares with its row of the paper's tables)
   run                  stages in order: 'pretrain', 'finetune' (training) and 'eval'
   seed                 model init (random init only) and data order
   mesh.{data,fsdp,tensor}  device mesh sizes (one may be -1 = the rest of the devices)
@@ -17,9 +20,18 @@ Fields (validated by `vlm_spatial.config_check` before anything heavy starts):
   model.vision / decoder   preset names (`vlm_spatial.models.presets`): the architecture for a random
                            init; with a checkpoint, the checkpoint's encoder must be of this family
   model.*_overrides        preset fields replaced for a random init (the tiny model's sizes)
-  model.rope2d, rope2d_theta   2D rotary embedding in the encoder's attention (the paper's variants)
-  model.image_size         input side in pixels (the paper resizes every image to 256x256); a
-                           checkpoint's learned position grid is resized to it
+  The knobs below apply alike to a random init and to a checkpoint, and are recorded in every
+  checkpoint's model_config.json (`vlm_spatial.load` restores them):
+  model.rope2d, rope2d_theta   2D rotary embedding in the encoder's attention (the paper's variants), its base
+  model.rope2d_layers      encoder layers that rotate q and k, e.g. "(0, 1)"; None = every layer
+  model.keep_abs_pos_emb   with rope2d: keep the learned absolute position table (False drops it)
+  model.image_size         input side in pixels (the paper resizes every image to 256x256); a learned
+                           position grid is resized (bicubic) to it, a NaFlex encoder gets that many
+                           pixels' worth of patches
+  model.vision_feature_layer   encoder hidden state the projector reads (-2: LLaVA's penultimate layer)
+  model.vision_feature_select  'default' (drop CLS) | 'full' (every token) | '' (the family's: CLIP drops CLS)
+  model.connector          projector kind: 'mlp2x_gelu' (LLaVA-1.5) | 'linear'; with a checkpoint whose
+                           projector is of another kind, a fresh one is initialised (seed)
   model.dtype / param_dtype    compute dtype (bf16) / master weights (fp32); the loss is fp32
   model.remat_policy       'none' | 'dots' | 'full' (activation recomputation in both towers)
   data.kind                'llava' (LLaVA JSON + image folders, per stage below) | 'synthetic'
@@ -27,7 +39,7 @@ Fields (validated by `vlm_spatial.config_check` before anything heavy starts):
                            (default WORKDIR/synthetic) if absent
   data.max_len, bucket_lengths   longest sequence; the padded lengths a batch may take
   data.num_workers         image-decoding processes; data.resize_mode 'resize' | 'pad' (LLaVA's
-                           expand-to-square)
+                           expand-to-square); data.on_bad_record 'skip' | 'raise'
   stages.<name>.trainable_parts  any of 'projector', 'lm', 'vision'; the rest is frozen (no optimizer
                            state). Tuples from the command line: "('projector','lm')" or projector,lm
   stages.<name>.lr, schedule, warmup_ratio, weight_decay, max_grad_norm   AdamW + schedule
@@ -38,12 +50,15 @@ Fields (validated by `vlm_spatial.config_check` before anything heavy starts):
   stages.<name>.data_file, image_root   LLaVA JSON and its image folder (data.kind='llava');
                            synthetic_split names the synthetic file instead (data.kind='synthetic')
   eval.benchmarks, data_root, batch_size, limit   benchmarks run on the last stage's checkpoint
+  eval.rules               scoring rule set: the harness revision the numbers follow
+                           (vlm_spatial/evaluation/rules.py; vlmevalkit-2025.09 = the paper's)
   checkpoint.save_every, keep, async_save   Orbax saves every N steps and at stage end, keep K
   log.tensorboard, progress   TensorBoard event files; the progress bar
 """
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from vlm_spatial.models import families
 
@@ -76,7 +91,7 @@ def _stage(**kw) -> dict:
 def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
     """The paper's recipe for one variant: `vision` is the encoder preset, `rope2d` the 2D-RoPE switch.
 
-    Paths the user must provide are left empty; `vlm_spatial.config_check` names each one.
+    Paths the user must provide are left empty; `vlm_spatial.runconfig.parse` names each one.
     """
     c = ml_collections.ConfigDict()
     c.variant = variant
@@ -92,7 +107,12 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         decoder_overrides={},
         rope2d=rope2d,
         rope2d_theta=100.0,
+        rope2d_layers=config_dict.placeholder(tuple),  # None = every encoder layer
+        keep_abs_pos_emb=True,
         image_size=256,
+        vision_feature_layer=-2,
+        vision_feature_select="",  # the family's: CLIP drops CLS, the others keep every token
+        connector="mlp2x_gelu",
         dtype="bfloat16",
         param_dtype="float32",
         remat_policy="full",
@@ -114,7 +134,7 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         # LLaVA-1.5) on llava_v1_5_mix665k, per-device batch 16 on 8 GPUs
         finetune=_stage(trainable_parts=("projector", "lm"), lr=2e-5, global_batch=128, template="vicuna_v1"),
     )
-    c.eval = dict(benchmarks=PAPER_BENCHMARKS, data_root="", batch_size=8, limit=0)
+    c.eval = dict(benchmarks=PAPER_BENCHMARKS, data_root="", batch_size=8, limit=0, rules="vlmevalkit-2025.09")
     c.checkpoint = dict(save_every=250, keep=2, async_save=True)
     c.log = dict(tensorboard=True, progress=True)
     return c
@@ -148,7 +168,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                template="plain", synthetic_split="pretrain")
     c.stages.finetune = _stage(trainable_parts=all_parts, lr=1e-3, global_batch=32, num_steps=1200,
                                template="vicuna_v1", synthetic_split="train")
-    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=100, limit=0)
+    c.eval = dict(benchmarks=("synthetic",), data_root="", batch_size=100, limit=0, rules="vlmevalkit-2025.09")
     c.checkpoint = dict(save_every=250, keep=2, async_save=True)
     return c
 

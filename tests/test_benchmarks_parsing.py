@@ -7,6 +7,7 @@ from vlm_spatial.evaluation.benchmarks.answer_parsing import (
     count_from_text, llava_mcq_prompt, mmmu_eval_open, mmmu_parse_multi_choice, mmmu_parse_open,
     vqa_normalize, yorn_extraction)
 from vlm_spatial.evaluation.benchmarks.base import Sample
+from vlm_spatial.evaluation.rules import RULE_SETS
 
 CHOICES = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
 MCQ_CASES = [
@@ -20,9 +21,12 @@ MCQ_CASES = [
 MCQ_BENCHMARKS = ["mmvp", "cvbench", "topviewrs", "seedbench", "ccbench", "mmmu", "synthetic"]
 
 
+@pytest.mark.parametrize("rules", list(RULE_SETS))
 @pytest.mark.parametrize("name", MCQ_BENCHMARKS)
-def test_multiple_choice_parsing(name):
-    bench = get_benchmark(name)
+def test_multiple_choice_parsing(name, rules):
+    """Short answers read the same under every rule set (test_benchmarks_rules.py pins where the
+    rule sets differ)."""
+    bench = get_benchmark(name, rules=rules)
     sample = Sample(qid="1", prompt="", gold="B", choices=dict(CHOICES))
     for raw, want in MCQ_CASES:
         parsed, correct = bench.judge(sample, raw)

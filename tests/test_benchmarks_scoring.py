@@ -1,5 +1,9 @@
 """Metric formulas against hand-computed numbers, and real model outputs from the benchmarks'
-repositories (LLaVA-1.5-13B on GQA, MME and MMMU; GPT-4V on SEED-Bench) scored end to end."""
+repositories (LLaVA-1.5-13B on GQA, MME and MMMU; GPT-4V on SEED-Bench) scored end to end.
+
+These numbers were pinned against VLMEvalKit's April-2025 matcher, so every multiple-choice
+benchmark here is scored explicitly under ``vlmevalkit-2025.04`` (the default is now
+``vlmevalkit-2025.09``; test_benchmarks_rules.py pins where the two differ)."""
 import json
 import math
 import shutil
@@ -17,9 +21,9 @@ from vlm_spatial.evaluation.runner import key_predictions, read_jsonl, score_pre
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 
 
-def score(name: str, samples: list, raws: list, **options) -> dict:
-    """Metrics of ``raws`` (one per sample) under benchmark ``name``."""
-    bench = get_benchmark(name, **options)
+def score(name: str, samples: list, raws: list, rules="vlmevalkit-2025.04", **options) -> dict:
+    """Metrics of ``raws`` (one per sample) under benchmark ``name`` and rule set ``rules``."""
+    bench = get_benchmark(name, rules=rules, **options)
     return score_predictions(bench, samples, {s.qid: r for s, r in zip(samples, raws)})[1]
 
 
@@ -36,8 +40,10 @@ def test_mmvp_question_and_pair_accuracy():
     m = score("mmvp", samples, [answers[int(s.qid)] for s in samples])
     assert m["question_acc"] == pytest.approx(4 / 8)           # 1, 2, 3, 6 right
     assert m["pair_acc"] == pytest.approx(1 / 4)               # only pair (1,2) fully right
-    assert m["question_acc_corrected"] == pytest.approx(6 / 8)  # 279 -> B, 280 -> A
-    assert m["pair_acc_corrected"] == pytest.approx(2 / 4)
+    fixed = m["label_sets"]["mmvp-corrected-279-280"]
+    assert fixed["question_acc"] == pytest.approx(6 / 8)        # 279 -> B, 280 -> A
+    assert fixed["pair_acc"] == pytest.approx(2 / 4)
+    assert m["label_sets"]["mmvp-original"] == {"question_acc": m["question_acc"], "pair_acc": m["pair_acc"]}
     assert m["n_pairs"] == 4
 
 
@@ -153,7 +159,7 @@ def test_seedbench_gpt4v_predictions(tmp_path):
     """GPT-4V's SEED-Bench-1 answers (its own result file, with gt_answer): 34 of 50 right."""
     (tmp_path / "seedbench").mkdir()
     shutil.copy(FIX / "seedbench1_handmade_SEED-Bench.json", tmp_path / "seedbench" / "SEED-Bench.json")
-    bench = get_benchmark("seedbench")
+    bench = get_benchmark("seedbench", rules="vlmevalkit-2025.04")
     rows = json.loads((FIX / "seedbench1_gpt4v_predictions.json").read_text())
     _, m = score_predictions(bench, bench.load(tmp_path), key_predictions(rows))
     assert m["accuracy"] == pytest.approx(34 / 50) and m["n"] == 50 and m["n_unparsed"] == 0

@@ -14,7 +14,7 @@ from test_convert import cli, load_hf_llava, lm_dir, save_tokenizer, tensors, to
 from test_vision import _compare, _images, _randomize
 
 import vlm_spatial
-from vlm_spatial import config_check
+from vlm_spatial import runconfig
 from vlm_spatial.convert import hf_llava, hf_vision
 from vlm_spatial.models import families
 from vlm_spatial.models.vision import VisionEncoder
@@ -193,8 +193,9 @@ def test_assemble_at_another_size_matches_transformers_interpolation(case, image
 def test_variant_configs(variant, family):
     mod = __import__(f"configs.{variant}", fromlist=["get_config"])
     tiny = mod.get_config("tiny")
-    config_check.validate(tiny, 8)
-    assert families.preset(tiny.model.vision).family == family
-    assert tiny.model.rope2d == (variant != "dinov2")
-    with pytest.raises(config_check.ConfigError, match="init_checkpoint"):
-        config_check.validate(mod.get_config(), 8)
+    run = runconfig.parse(tiny, 8)
+    vision = run.model.vlm_config().vision
+    assert vision.family == family and families.preset(tiny.model.vision).family == family
+    assert vision.rope2d == (variant != "dinov2") and vision.rope2d_layout == ("dinov3" if family == "dinov3" else "axial")
+    with pytest.raises(runconfig.ConfigError, match="init_checkpoint"):
+        runconfig.parse(mod.get_config(), 8)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from configs import aimv2_2drope, clip
-from vlm_spatial.config_check import ConfigError, validate
+from vlm_spatial.runconfig import ConfigError, parse
 from vlm_spatial.models.presets import vlm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ SHORT = [  # the tiny job, shorter: a few steps per stage, a small synthetic set
 
 def _problems(config, devices=8) -> list[str]:
     try:
-        validate(config, devices)
+        parse(config, devices)
     except ConfigError as e:
         return e.problems
     return []
@@ -66,6 +66,9 @@ def test_bad_fields_are_all_named():
     for field in ("run", "mesh", "model.dtype", "stages.pretrain.lr", "stages.finetune.trainable_parts",
                   "data.synthetic.dir", "data.on_bad_record"):
         assert any(p.startswith(field + ":") for p in problems), (field, problems)
+    c = clip.get_config("tiny")
+    c.eval.rules = "vlmevalkit-2024"
+    assert [p.split(":")[0] for p in _problems(c)] == ["eval.rules"]
     c = clip.get_config("tiny")
     c.stages.finetune.global_batch = 30  # 8 devices: 30 rows cannot be split over data x fsdp = 8
     assert [p.split(":")[0] for p in _problems(c)] == ["stages.finetune.global_batch"]

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from configs import aimv2_2drope
-from vlm_spatial import checkpoint, parallel
+from vlm_spatial import checkpoint, parallel, runconfig
 from vlm_spatial.models.positions.learned import resize_position_embedding
 from vlm_spatial.models.presets import vlm_config
 from vlm_spatial.models.vlm import VLM
@@ -19,9 +19,11 @@ def test_initial_params_from_checkpoint_resized_cast_and_sharded(tmp_path):
                      decoder_overrides=dict(param_dtype="bfloat16"))
     params = nnx.to_pure_dict(nnx.state(VLM(src, rngs=nnx.Rngs(0)), nnx.Param))
     checkpoint.write_model(str(tmp_path / "ckpt"), src, params, None)
-    c = aimv2_2drope.get_config("tiny").model
-    c.image_size = 48  # 6x6 grid
-    run_cfg = model_init.checkpoint_vlm_config(c, checkpoint.read_config(str(tmp_path / "ckpt")))
+    c = aimv2_2drope.get_config("tiny")
+    c.model.random_init, c.model.init_checkpoint = False, str(tmp_path / "ckpt")
+    c.model.image_size = 48  # 6x6 grid
+    run = runconfig.parse(c, jax.device_count())
+    run_cfg = run.model.vlm_config(checkpoint.read_config(str(tmp_path / "ckpt")))
     assert (run_cfg.vision.rope2d, run_cfg.vision.image_size, run_cfg.vision.param_dtype) == (True, 48, "float32")
     assert run_cfg.decoder.num_layers == src.decoder.num_layers  # the architecture is the checkpoint's
     mesh = parallel.make_mesh(data=1, fsdp=4, tensor=2)

@@ -7,7 +7,6 @@ import numpy as np
 from configs import clip
 from train_tiny import make_batch, tiny_setup
 from vlm_spatial import parallel
-from vlm_spatial.config_check import split_parts
 from vlm_spatial.training import step as step_lib
 from vlm_spatial.training.optimizer import PARTS
 
@@ -62,7 +61,7 @@ def test_stages_train_exactly_the_configured_parts():
     mesh = parallel.make_mesh(data=2, fsdp=4, tensor=1)
     params = None
     for stage in ("pretrain", "finetune"):
-        parts = split_parts(clip.get_config().stages[stage].trainable_parts)
+        parts = tuple(clip.get_config().stages[stage].trainable_parts)
         setup = tiny_setup(mesh, parts=parts)
         state = setup.init_state(params)
         before = jax.device_get(state["params"])

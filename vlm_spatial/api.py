@@ -134,13 +134,15 @@ class LoadedVLM:
                              f"got {({k: v.shape for k, v in got.items()})}")
         return got if isinstance(blank, dict) else got["pixel_values"]
 
-    def _batch(self, images: Sequence, prompts: Sequence[str]):
+    @property
+    def decode_rows(self) -> int:
+        """Rows of every generation program (`gen.program_rows` for this model's mesh)."""
+        return gen.program_rows(1 if self.mesh is None else parallel.batch_divisor(self.mesh))
+
+    def _sequences(self, images: Sequence, prompts: Sequence[str]) -> list[np.ndarray]:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        mesh = self.mesh
-        rows = gen.batch_rows(len(prompts), 1 if mesh is None else parallel.batch_divisor(mesh))
-        sequences = [self.prompt_ids(p, image is not None) for image, p in zip(images, prompts)]
-        return sequences, rows, self.image_inputs(images, rows), mesh
+        return [self.prompt_ids(p, image is not None) for image, p in zip(images, prompts)]
 
     def generate(
         self,
@@ -154,20 +156,26 @@ class LoadedVLM:
         seed: int = 0,
     ) -> list[str]:
         """Answers (strings) to `prompts`, one image each (PIL image, HWC uint8 array, path or
-        bytes, or a preprocessed image as `image_inputs` takes it; None for text-only), greedy unless `temperature > 0` (then nucleus sampling with
-        `top_p`, reproducible from `seed`). Prompts are the user's question; the model's
+        bytes, or a preprocessed image as `image_inputs` takes it; None for text-only), greedy
+        unless `temperature > 0` (then nucleus sampling with `top_p`, reproducible from `seed`). Prompts are the user's question; the model's
         conversation template and image slots are added here. Decoding stops at EOS or at any of
-        `stop_strings`, and the text is cut before it.
+        `stop_strings`, and the text is cut before it. Prompts are decoded in programs of one
+        shape per length bucket (`gen.fixed_shape_groups`), so a greedy answer does not depend on
+        how many prompts are passed together; sampled group k uses seed `seed + k`.
         """
-        sequences, rows, pixels, mesh = self._batch(images, prompts)
-        enc = self.encoder
-        ids, mask = gen.left_pad(sequences, enc.pad_id, rows=rows)
+        sequences = self._sequences(images, prompts)
+        enc, mesh, rows = self.encoder, self.mesh, self.decode_rows
         stops = tuple(tuple(self._token_ids(s)) for s in stop_strings if s)
         decode = gen.DecodeConfig(max_new_tokens=max_new_tokens, eos_token_id=enc.eos_id, temperature=temperature,
                                   top_p=top_p, stop_sequences=tuple(s for s in stops if s))
-        tokens = gen.generate_tokens(self.model, ids, mask, pixels, decode, seed=seed, mesh=mesh)
-        texts = [self.tokenizer.decode(gen.truncate(row, enc.eos_id), skip_special_tokens=True)
-                 for row in tokens[: len(prompts)]]
+        texts: list = [None] * len(prompts)
+        groups = gen.fixed_shape_groups([len(s) for s in sequences], rows, kinds=[i is None for i in images])
+        for k, group in enumerate(groups):
+            ids, mask = gen.left_pad([sequences[i] for i in group], enc.pad_id, rows=rows)
+            pixels = self.image_inputs([images[i] for i in group], rows)
+            tokens = gen.generate_tokens(self.model, ids, mask, pixels, decode, seed=seed + k, mesh=mesh)
+            for i, row in zip(group, tokens):
+                texts[i] = self.tokenizer.decode(gen.truncate(row, enc.eos_id), skip_special_tokens=True)
         return [gen.cut_at_stop(t, stop_strings).strip() for t in texts]
 
     def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -176,7 +184,8 @@ class LoadedVLM:
         tokenized as it follows the template's `ASSISTANT:` in training (`ASSISTANT: <option>`)."""
         if len(options) != len(prompts):
             raise ValueError(f"got {len(options)} option lists but {len(prompts)} prompts")
-        sequences, rows, pixels, _ = self._batch(images, prompts)
+        sequences = self._sequences(images, prompts)
+        pixels = self.image_inputs(images, len(prompts))
         enc = self.encoder
         head = self._token_ids("ASSISTANT:")
         option_ids = []
@@ -187,8 +196,6 @@ class LoadedVLM:
                 if full[: len(head)] != head or len(full) == len(head):
                     raise ValueError(f"option {option!r} does not tokenize as a continuation of 'ASSISTANT:'")
                 option_ids[-1].append(full[len(head):])
-        if pixels is not None:
-            pixels = {k: v[: len(prompts)] for k, v in pixels.items()}
         return gen.score_options(self.model, sequences, option_ids, pixels, pad_id=enc.pad_id)
 
 

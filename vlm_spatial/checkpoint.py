@@ -20,8 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from vlm_spatial import parallel
 from vlm_spatial.models.vlm import VLM, VLMConfig
-from vlm_spatial.training.checkpoint import restore_params
 
 CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -59,10 +59,18 @@ def read_config(path: str) -> VLMConfig:
         return VLMConfig.from_dict(json.load(f))
 
 
-def read_params(path: str, target: dict, shardings: dict | None = None) -> dict:
-    """Params of the checkpoint at `path`, restored array by array onto `target` (nested dict of
-    `jax.ShapeDtypeStruct`, whose dtypes they are cast to) with `shardings` if given."""
-    return restore_params(stage_dir(path), target, shardings)
+def read_params(path: str, target: dict | None = None, shardings: dict | None = None) -> dict:
+    """Params of the checkpoint at `path` (its newest step) as a pure nested dict. With `target`
+    (nested dict of `jax.ShapeDtypeStruct`, whose dtypes they are cast to) they are restored array
+    by array, placed with `shardings` if given; without, as saved."""
+    stage = os.path.abspath(stage_dir(path))
+    steps = [int(d) for d in os.listdir(stage) if d.isdigit()]
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps under {stage}")
+    if target is not None and shardings is not None:
+        target = parallel.abstract_with_shardings(target, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(stage, str(max(steps)), "params"), target)
 
 
 def read_tokenizer(path: str):

@@ -3,8 +3,9 @@
     python -m vlm_spatial.evaluate --checkpoint CKPT --benchmarks mmvp,cvbench,gqa \\
         --data_root DIR --out DIR [--variant aimv2_2drope] [--batch_size 8] [--limit N]
         [--max_new_tokens N] [--mcq generate|likelihood] [--dtype bfloat16] [--mesh data,fsdp,tensor]
+        [--rules vlmevalkit-2025.09]
     python -m vlm_spatial.evaluate score --benchmark gqa --predictions FILE --data_root DIR \\
-        [--out DIR] [--variant NAME] [--allow_missing]
+        [--out DIR] [--variant NAME] [--allow_missing] [--rules NAME]
     python -m vlm_spatial.evaluate list
 
 ``run`` (the default) writes ``<out>/<benchmark>/predictions.jsonl`` (resumed if present: rerun
@@ -13,8 +14,15 @@ and ``<out>/report.md`` (this run beside the paper's numbers for the variant; by
 variant is read from the checkpoint's config: encoder family and 2D-RoPE). ``--mesh`` shards the
 model and the batches over all devices, e.g. ``1,-1,1`` (FSDP over every device).
 
+``--rules`` names the scoring rule set, i.e. the harness revision the numbers follow
+(``vlm_spatial/evaluation/rules.py``; default ``vlmevalkit-2025.09``, the revision that can have
+produced the paper's tables); it is recorded in every predictions header, ``metrics.json`` and
+``report.md``.
+
 ``score`` needs no model: it reads the benchmark files for the gold answers and applies the same
-parser and metric to another tool's outputs (fields ``qid``/``question_id``/``index`` and
+parser and metric to a predictions file -- ours (under ``--rules``, default the rule set its
+header names; with ``--out`` it writes, byte for byte, what a fresh run under that rule set
+writes) or another tool's (fields ``qid``/``question_id``/``index`` and
 ``raw_output``/``prediction``/``text``). Benchmark files are looked for under
 ``<data_root>/<benchmark>/`` and ``<data_root>/``; each module's docstring lists the accepted
 files (``vlm_spatial/evaluation/benchmarks/``). A missing file fails naming the expected files.
@@ -25,6 +33,8 @@ import argparse
 import json
 import logging
 import sys
+
+from vlm_spatial.evaluation.rules import DEFAULT_RULES, RULE_SETS
 
 
 def _options(args) -> dict:
@@ -43,6 +53,9 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     p.add_argument("--data_root", required=True, help="directory holding the benchmark files")
     p.add_argument("--variant", default=None, help="paper variant to compare with: a config name (aimv2_2drope) or a table row (LLaVA-1.5)")
     p.add_argument("--option", action="append", help="benchmark option key=value, e.g. prompt_style=official")
+    p.add_argument("--rules", choices=list(RULE_SETS), default=None,
+                   help=f"scoring rule set (harness revision); default {DEFAULT_RULES}"
+                        + (", or the one the predictions file's header names" if cmd == "score" else ""))
     if cmd == "score":
         p.add_argument("--benchmark", required=True)
         p.add_argument("--predictions", required=True, help="JSONL of {qid, raw_output} (or LLaVA/VLMEvalKit fields)")
@@ -86,7 +99,7 @@ def main(argv=None) -> int:
     try:
         if cmd == "score":
             metrics = runner.score_file(args.benchmark, args.predictions, args.data_root, args.out,
-                                        args.variant, args.allow_missing, **_options(args))
+                                        args.variant, args.allow_missing, rules=args.rules, **_options(args))
         else:
             mesh = None
             if args.mesh:
@@ -97,7 +110,7 @@ def main(argv=None) -> int:
                 args.checkpoint, names, args.data_root, args.out,
                 variant=args.variant, batch_size=args.batch_size, limit=args.limit,
                 max_new_tokens=args.max_new_tokens, mesh=mesh, mcq=args.mcq, dtype=args.dtype,
-                **_options(args))
+                rules=args.rules, **_options(args))
     except BenchmarkFileMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ Runs the config's stages in order (`pretrain`, `finetune`, `eval`; field `run`) 
 the workdir left off: finished stages are skipped, an interrupted stage continues from its newest
 checkpoint with the exact data position, so a rerun of the same command after a crash or a
 preemption (SIGTERM: a checkpoint is written before exit, code 143) ends where an uninterrupted run
-would. The config is validated first; every problem is listed with the field to fix. Multi-host
+would. The config is turned into the typed `vlm_spatial.runconfig.RunConfig` first: every problem
+(and every command-line override the run would not read) is listed with the field to fix. Multi-host
 (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS set): `jax.distributed.initialize()` runs first.
 Run it from the repository root (the configs import `configs.common`).
 """
@@ -57,12 +58,12 @@ def main(argv) -> int:
     parallel.maybe_initialize_distributed()
     import jax
 
-    from vlm_spatial.config_check import ConfigError, validate
+    from vlm_spatial.runconfig import ConfigError, parse
 
-    config = _CONFIG.value
     source = config_flags.get_config_filename(flags.FLAGS["config"])
     try:
-        validate(config, jax.device_count(), jax.process_count(), source=source)
+        run = parse(_CONFIG.value, jax.device_count(), jax.process_count(),
+                    overrides=config_flags.get_override_values(flags.FLAGS["config"]), source=source)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,7 +71,7 @@ def main(argv) -> int:
     from vlm_spatial.training.loop import NonFiniteLoss, Preempted
 
     try:
-        summary = run_job(config, _WORKDIR.value)
+        summary = run_job(run, _WORKDIR.value)
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -65,30 +65,32 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
+def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes of a mesh over `num_devices` devices, a -1 ("the rest of the
+    devices", at most one) filled in. Raises ValueError saying what does not fit and what would."""
+    sizes = [data, fsdp, tensor]
+    given = f"data={data} fsdp={fsdp} tensor={tensor}"
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"{given}: put sizes >= 1, at most one of them -1 (the rest of the devices)")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes and num_devices % known == 0:
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"{given} cannot cover the {num_devices} devices; put sizes whose product is "
+                         f"{num_devices} (one of them may be -1)")
+    return tuple(sizes)
+
+
 def make_mesh(
     data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-    """A `Mesh` with axes ('data', 'fsdp', 'tensor') and Auto axis types.
-
-    One size may be -1 ("the rest of the devices"). The product must equal the device count.
-    """
+    """A `Mesh` with axes ('data', 'fsdp', 'tensor') and Auto axis types over `devices` (default:
+    all), sized by `mesh_sizes` (one size may be -1, "the rest of the devices")."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(
-                f"mesh: {len(devices)} devices are not divisible by data*fsdp*tensor={known} "
-                f"(data={data} fsdp={fsdp} tensor={tensor})"
-            )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"mesh: data*fsdp*tensor = {sizes[0]}*{sizes[1]}*{sizes[2]} = {math.prod(sizes)} but there "
-            f"are {len(devices)} devices; set mesh sizes whose product is {len(devices)} (or one -1)"
-        )
+    try:
+        sizes = list(mesh_sizes(data, fsdp, tensor, len(devices)))
+    except ValueError as e:
+        raise ValueError(f"mesh: {e}") from None
     try:  # topology-aware device order when available (TPU/GPU); CPU fake devices fall through
         from jax.experimental import mesh_utils
 

@@ -1,10 +1,15 @@
 """Batched generation with a KV cache, and option scoring by log-likelihood.
 
-Prompts are left-padded to the smallest of a few bucket lengths and batches are padded to a
-power-of-two row count, so one benchmark compiles a handful of programs (one per bucket in
-use). Prefill and the whole decode loop run inside one jitted function: the image encoder runs
-once, in the prefill, then a `lax.while_loop` feeds one token per step through the decoder's KV
-cache and stops when every row has produced EOS or a stop sequence, or `max_new_tokens` are out.
+Prompts are grouped by their own bucket length (the smallest of a few that holds the prompt)
+into programs of a fixed `DECODE_ROWS` rows (`fixed_shape_groups`), left-padded to the bucket,
+so one benchmark compiles a handful of programs (one per bucket in use) and a prompt's greedy
+answer does not depend on the batch size or on the other prompts of its batch. XLA picks its
+kernels by shape: with the whole batch padded to its longest prompt's bucket and to a power-of-two
+row count, bf16 answers moved with the batch size (tests/test_generate.py::
+test_whole_batch_padding_moved_bf16_answers). Prefill and the whole decode loop run inside one
+jitted function: the image encoder runs once, in the prefill, then a `lax.while_loop` feeds one
+token per step through the decoder's KV cache and stops when every row has produced EOS or a stop
+sequence, or `max_new_tokens` are out.
 
 Sharding: with a `mesh` (the training mesh, axes data/fsdp/tensor) the batch is sharded over
 data x fsdp (`parallel.shard_batch`), the KV cache likewise (kv heads over tensor where they
@@ -32,6 +37,7 @@ from vlm_spatial.models.decoder import KVCache
 from vlm_spatial.models.vlm import VLM
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+DECODE_ROWS = 8  # rows of every generation / option-scoring program, whatever the batch size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +73,22 @@ def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
     return next((b for b in sorted(buckets) if b >= n), n)
 
 
-def batch_rows(n: int, multiple: int = 1) -> int:
-    """Rows a batch of `n` prompts is padded to: the next power of two, rounded up to `multiple`
-    (the mesh's batch shards), so a run sees few batch shapes."""
-    rows = 1 << max(n - 1, 0).bit_length()
-    return -(-rows // multiple) * multiple
+def program_rows(multiple: int = 1) -> int:
+    """Rows of every program: `DECODE_ROWS` rounded up to `multiple` (the mesh's batch shards)."""
+    return -(-DECODE_ROWS // multiple) * multiple
+
+
+def fixed_shape_groups(lengths: Sequence[int], rows: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                       kinds: Sequence | None = None) -> list[list[int]]:
+    """Indices of prompts of token `lengths`, grouped so that every program has the same shape
+    whatever the batch: prompts of one bucket length (and one of `kinds`, e.g. with / without an
+    image) together, at most `rows` per group, in input order within a group; groups ordered by
+    (kind, bucket) as first seen. Pad each group to its bucket and to `rows` rows (`left_pad`)."""
+    groups: dict = {}
+    for i, n in enumerate(lengths):
+        key = (None if kinds is None else kinds[i], bucket_length(n, buckets))
+        groups.setdefault(key, []).append(i)
+    return [idx[k:k + rows] for idx in groups.values() for k in range(0, len(idx), rows)]
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -260,8 +277,10 @@ def score_options(
 
     `prompt_ids[b]` the prompt tokens of row b (image slots included), `option_ids[b][j]` the
     tokens of option j; `images` the image fields of the B prompts (module docstring) or None.
-    Every (prompt, option) pair is one right-padded row of a bucket-length batch; the image of
-    prompt b is repeated for each of its options. Multiple choice then answers `argmax_j`.
+    Every (prompt, option) pair is one right-padded row; rows are scored in programs of
+    `DECODE_ROWS` rows and one bucket length each (`fixed_shape_groups`), so a score does not
+    depend on the other questions of the batch. The image of prompt b is repeated for each of its
+    options. Multiple choice then answers `argmax_j`.
     """
     rows, owner, targets = [], [], []
     for b, (prompt, options) in enumerate(zip(prompt_ids, option_ids)):
@@ -271,18 +290,20 @@ def score_options(
             rows.append(list(prompt) + list(option))
             targets.append([0] * len(prompt) + [1] * len(option))
             owner.append(b)
-    n = batch_rows(len(rows))
-    t = bucket_length(max(len(r) for r in rows), buckets)
-    ids = np.full((n, t), pad_id, np.int32)
-    mask = np.zeros((n, t), np.int32)
-    target = np.zeros((n, t), np.float32)
-    for i, (r, tg) in enumerate(zip(rows, targets)):
-        ids[i, : len(r)], mask[i, : len(r)], target[i, : len(r)] = r, 1, tg
-    owner_rows = np.asarray(owner + [owner[0]] * (n - len(rows)))
-    pix = {k: jnp.asarray(np.asarray(v)[owner_rows]) for k, v in (images or {}).items()}
     graphdef, state = nnx.split(model)
-    scores = np.asarray(_sequence_logprobs(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
-                                           jnp.asarray(target), pix))
+    scores = np.zeros(len(rows), np.float32)
+    for group in fixed_shape_groups([len(r) for r in rows], DECODE_ROWS, buckets):
+        t = bucket_length(len(rows[group[0]]), buckets)
+        ids = np.full((DECODE_ROWS, t), pad_id, np.int32)
+        mask = np.zeros((DECODE_ROWS, t), np.int32)
+        target = np.zeros((DECODE_ROWS, t), np.float32)
+        for i, g in enumerate(group):
+            r = rows[g]
+            ids[i, : len(r)], mask[i, : len(r)], target[i, : len(r)] = r, 1, targets[g]
+        owner_rows = np.asarray([owner[g] for g in group] + [owner[group[0]]] * (DECODE_ROWS - len(group)))
+        pix = {k: jnp.asarray(np.asarray(v)[owner_rows]) for k, v in (images or {}).items()}
+        logp = _sequence_logprobs(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(target), pix)
+        scores[group] = np.asarray(logp)[: len(group)]
     out, i = [], 0
     for options in option_ids:
         out.append([float(s) for s in scores[i: i + len(options)]])

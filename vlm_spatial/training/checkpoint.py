@@ -12,7 +12,7 @@ Layout of a stage directory (e.g. `WORKDIR/checkpoints/finetune/`):
     meta/                  JSON: {'stage', 'step', 'num_steps', 'stage_done', 'model_config'}
 
 Saves are asynchronous (Orbax) every `save_every` steps; `max_to_keep` newest are kept. Restoring
-only `params` (for the next stage or for inference) is `restore_params(stage_dir)`.
+only `params` (for the next stage or for inference) is `vlm_spatial.checkpoint.read_params(stage_dir)`.
 """
 from __future__ import annotations
 
@@ -119,25 +119,3 @@ class StageCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def restore_params(path: str, abstract_params: dict | None = None, shardings: dict | None = None) -> dict:
-    """Restore only the `params` item from a stage directory (its latest step) or a step directory.
-
-    With `abstract_params` (pure dict of ShapeDtypeStruct) and `shardings`, arrays land sharded;
-    without, they are restored as saved. Returns a pure nested dict.
-    """
-    path = os.path.abspath(path)
-    step_dir = path
-    if not os.path.isdir(os.path.join(path, "params")):
-        steps = [int(d) for d in os.listdir(path) if d.isdigit()]
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint steps under {path}")
-        step_dir = os.path.join(path, str(max(steps)))
-    target = None
-    if abstract_params is not None:
-        target = (
-            parallel.abstract_with_shardings(abstract_params, shardings) if shardings is not None else abstract_params
-        )
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(os.path.join(step_dir, "params"), target)

@@ -1,10 +1,11 @@
-"""The whole job of `python -m vlm_spatial.main`: the config's stages in order, resumable.
+"""The whole job of `python -m vlm_spatial.main`: the run config's stages in order, resumable.
 
-    summary = run_job(config, workdir)
+    run = runconfig.parse(config, jax.device_count(), jax.process_count())
+    summary = run_job(run, workdir)
 
 Workdir layout:
 
-  config.json                  the config of the latest start (for the record)
+  config.json                  the run config of the latest start (`RunConfig.to_dict()`, for the record)
   synthetic/                   the synthetic set (data.kind='synthetic', generated when absent)
   checkpoints/<stage>/         one model checkpoint per training stage (`training/checkpoint.py`:
                                model_config.json, tokenizer/, <step>/{params,opt_state,train,data,meta})
@@ -27,12 +28,13 @@ import jax
 from flax import nnx
 
 from vlm_spatial import checkpoint, parallel
-from vlm_spatial.config_check import TRAIN_STAGES, split_parts
 from vlm_spatial.models.vlm import VLM, VLMConfig
+from vlm_spatial.runconfig import TRAIN_STAGES, RunConfig
 from vlm_spatial.training import data as data_lib
 from vlm_spatial.training import model_init
 from vlm_spatial.training.checkpoint import StageCheckpointer
 from vlm_spatial.training.loop import StageSpec, build_stage, read_metrics, train_stage
+from vlm_spatial.training.optimizer import PARTS
 
 
 def say(msg: str) -> None:
@@ -41,24 +43,34 @@ def say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def resolve_model(config, tok_dir: str) -> tuple[VLMConfig, VLMConfig | None]:
+def resolve_model(run: RunConfig, tok_dir: str) -> tuple[VLMConfig, VLMConfig | None]:
     """(the run's model config, the initial checkpoint's config or None for a random init)."""
-    if config.model.random_init:
+    if run.model.random_init:
         vocab, image_id = data_lib.tokenizer_vocab(tok_dir)
-        return model_init.preset_vlm_config(config.model, vocab_size=vocab, image_token_id=image_id), None
-    ckpt_cfg = checkpoint.read_config(os.path.expanduser(config.model.init_checkpoint))
-    return model_init.checkpoint_vlm_config(config.model, ckpt_cfg), ckpt_cfg
+        return run.model.vlm_config(vocab_size=vocab, image_token_id=image_id), None
+    ckpt_cfg = checkpoint.read_config(os.path.expanduser(run.model.init_checkpoint))
+    return run.model.vlm_config(ckpt_cfg), ckpt_cfg
 
 
-def stage_spec(config, stage: str, num_records: int) -> StageSpec:
-    """The `StageSpec` of a training stage from `config.stages.<stage>`."""
-    sc = config.stages[stage]
+def stage_spec(run: RunConfig, stage: str, num_records: int) -> StageSpec:
+    """The `StageSpec` of a training stage from `run.stages[stage]` and its data's `num_records`."""
+    sc = run.stages[stage]
     return StageSpec(
-        name=stage, num_steps=data_lib.stage_num_steps(sc, num_records),
-        trainable_parts=split_parts(sc.trainable_parts), lr=float(sc.lr), global_batch=int(sc.global_batch),
-        grad_accum_steps=int(sc.grad_accum_steps), warmup_ratio=float(sc.warmup_ratio), schedule=sc.schedule,
-        weight_decay=float(sc.weight_decay), max_grad_norm=float(sc.max_grad_norm) or None, seed=int(config.seed),
+        name=stage, num_steps=data_lib.stage_num_steps(sc, num_records), trainable_parts=sc.trainable_parts,
+        lr=sc.lr, global_batch=sc.global_batch, grad_accum_steps=sc.grad_accum_steps, warmup_ratio=sc.warmup_ratio,
+        schedule=sc.schedule, weight_decay=sc.weight_decay, max_grad_norm=sc.max_grad_norm or None, seed=run.seed,
     )
+
+
+def eval_args(run: RunConfig, workdir: str, synth_dir: str | None) -> dict:
+    """The keyword arguments of `evaluation.runner.evaluate_checkpoint` (all but the checkpoint and
+    the mesh) for the eval stage of `run`: its benchmarks on `eval.data_root` (the synthetic set's
+    folder when that is '' with synthetic data), scored by the rule set `eval.rules`, compared with
+    the paper's row of `variant` if any, images preprocessed as in training (`data.resize_mode`)."""
+    e = run.eval
+    return dict(benchmarks=e.benchmarks, data_root=os.path.expanduser(e.data_root) or synth_dir,
+                out_dir=os.path.join(workdir, "eval"), batch_size=e.batch_size, limit=e.limit or None,
+                variant=run.paper_variant, resize_mode=run.data.resize_mode, rules=e.rules)
 
 
 def _stage_dir(workdir: str, stage: str) -> str:
@@ -84,57 +96,45 @@ def _done_summary(workdir: str, stage: str, meta: dict) -> dict:
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
-def evaluate(config, workdir: str, stage_dir: str, synth_dir: str | None, mesh) -> dict:
-    """The eval stage: the benchmarks of `config.eval` on the checkpoint in `stage_dir`, sharded on
-    `mesh`; outputs in WORKDIR/eval. Returns {benchmark: metrics}."""
-    from vlm_spatial.evaluation.runner import evaluate_checkpoint
-
-    data_root = os.path.expanduser(config.eval.data_root) or synth_dir
-    return evaluate_checkpoint(stage_dir, split_parts(config.eval.benchmarks), data_root,
-                               os.path.join(workdir, "eval"), batch_size=int(config.eval.batch_size),
-                               limit=int(config.eval.limit) or None, mesh=mesh)
-
-
-def run_job(config, workdir: str) -> dict:
-    """Run `config.run` in `workdir` (resuming where it left off); returns the summary dict
+def run_job(run: RunConfig, workdir: str) -> dict:
+    """Run `run.run` in `workdir` (resuming where it left off); returns the summary dict
     `{'stages': [per-stage summary], 'eval': {benchmark: metrics} | None, 'workdir': ...}`.
 
     Raises `loop.NonFiniteLoss` (NaN/inf loss; last good checkpoint kept) and `loop.Preempted`
     (SIGTERM; checkpoint saved)."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    run = split_parts(config.run)
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = parallel.make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
     say(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es); "
         f"mesh {dict(mesh.shape)}")
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
-    synth = data_lib.ensure_synthetic(config, workdir, say) if config.data.kind == "synthetic" else None
-    tok_dir = data_lib.tokenizer_dir(config, synth)
-    if "eval" in run and config.data.kind != "synthetic":  # a missing benchmark file fails now, not after training
+            json.dump(run.to_dict(), f, indent=1)
+    synth = data_lib.ensure_synthetic(run, workdir, say) if run.data.kind == "synthetic" else None
+    tok_dir = data_lib.tokenizer_dir(run, synth)
+    if "eval" in run.run and run.data.kind != "synthetic":  # a missing benchmark file fails now, not after training
         from vlm_spatial.evaluation.runner import load_benchmarks
 
-        load_benchmarks(split_parts(config.eval.benchmarks), os.path.expanduser(config.eval.data_root), limit=1)
-    vlm_cfg, ckpt_cfg = resolve_model(config, tok_dir)
-    model_fn = lambda: VLM(vlm_cfg, rngs=nnx.Rngs(int(config.seed)))  # noqa: E731
+        load_benchmarks(run.eval.benchmarks, os.path.expanduser(run.eval.data_root), limit=1)
+    vlm_cfg, ckpt_cfg = resolve_model(run, tok_dir)
+    model_fn = lambda: VLM(vlm_cfg, rngs=nnx.Rngs(run.seed))  # noqa: E731
     summaries, params, last_dir = [], None, None
     for stage in TRAIN_STAGES:
         stage_dir = _stage_dir(workdir, stage)
         done = _finished(stage_dir)
-        if stage not in run or done:
+        if stage not in run.run or done:
             if done:
                 last_dir, params = stage_dir, None
-                if stage in run:
+                if stage in run.run:
                     say(f"{stage}: finished earlier (step {done['step']}), skipped")
                     summaries.append(_done_summary(workdir, stage, done))
             continue
-        data_file, _ = data_lib.stage_files(config, stage, synth)
-        spec = stage_spec(config, stage, data_lib.count_records(data_file))
+        data_file, _ = data_lib.stage_files(run, stage, synth)
+        spec = stage_spec(run, stage, data_lib.count_records(data_file))
         setup = build_stage(model_fn, mesh, spec)
-        it = data_lib.stage_pipeline(config, stage, vlm_cfg, tok_dir, synth)
-        ckpt = StageCheckpointer(stage_dir, save_every=config.checkpoint.save_every,
-                                 max_to_keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+        it = data_lib.stage_pipeline(run, stage, vlm_cfg, tok_dir, synth)
+        ckpt = StageCheckpointer(stage_dir, save_every=run.checkpoint.save_every,
+                                 max_to_keep=run.checkpoint.keep, async_save=run.checkpoint.async_save)
         try:
             latest = ckpt.latest_step()
             if latest is not None:
@@ -145,20 +145,22 @@ def run_job(config, workdir: str) -> dict:
                     say(f"{stage}: starting from {last_dir}")
                     params = model_init.load_initial_params(last_dir, vlm_cfg, vlm_cfg, setup.params_shardings, mesh)
                 elif params is None and ckpt_cfg is not None:
-                    say(f"{stage}: starting from {config.model.init_checkpoint}")
-                    params = model_init.load_initial_params(os.path.expanduser(config.model.init_checkpoint),
-                                                            ckpt_cfg, vlm_cfg, setup.params_shardings, mesh)
+                    say(f"{stage}: starting from {run.model.init_checkpoint}")
+                    params = model_init.load_initial_params(os.path.expanduser(run.model.init_checkpoint),
+                                                            ckpt_cfg, vlm_cfg, setup.params_shardings, mesh,
+                                                            seed=run.seed)
                 elif params is None:
-                    say(f"{stage}: starting from a random init (seed {config.seed})")
+                    say(f"{stage}: starting from a random init (seed {run.seed})")
                 state = setup.init_state(params)
                 ckpt.write_model_files(vlm_cfg.to_dict(), tok_dir)
             params = None
             _describe(setup, spec, mesh)
             state, summary = train_stage(
-                setup, state, it, ckpt, workdir=workdir, meta={"variant": config.variant},
+                setup, state, it, ckpt, workdir=workdir,
+                meta={"variant": run.variant, "trainable_parts": list(spec.trainable_parts)},
                 image_tokens=vlm_cfg.num_image_tokens, lm_layers=vlm_cfg.decoder.num_layers,
-                lm_width=vlm_cfg.decoder.hidden_size, tensorboard=config.log.tensorboard,
-                progress=config.log.progress,
+                lm_width=vlm_cfg.decoder.hidden_size, tensorboard=run.log.tensorboard,
+                progress=run.log.progress,
             )
         finally:
             ckpt.close()
@@ -166,14 +168,16 @@ def run_job(config, workdir: str) -> dict:
         params, last_dir = state["params"], stage_dir
         del state
     results = None
-    if "eval" in run:
+    if "eval" in run.run:
         if last_dir is None:
             raise FileNotFoundError(f"eval: no finished training stage in {workdir}/checkpoints; "
                                     f"run pretrain/finetune first (--config.run)")
         del params
-        say(f"eval: {', '.join(split_parts(config.eval.benchmarks))} on {last_dir}")
-        results = evaluate(config, workdir, last_dir, synth, mesh)
-    summary = {"workdir": workdir, "variant": config.variant, "stages": summaries, "eval": results,
+        from vlm_spatial.evaluation.runner import evaluate_checkpoint
+
+        say(f"eval: {', '.join(run.eval.benchmarks)} on {last_dir}")
+        results = evaluate_checkpoint(last_dir, mesh=mesh, **eval_args(run, workdir, synth))
+    summary = {"workdir": workdir, "variant": run.variant, "stages": summaries, "eval": results,
                "time": time.time()}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -183,8 +187,7 @@ def run_job(config, workdir: str) -> dict:
 
 def _describe(setup, spec: StageSpec, mesh) -> None:
     counts = setup.param_counts
-    parts = {"vision": "vision", "projector": "projector", "lm": "decoder"}
-    trainable = sum(counts.get(parts[p], 0) for p in spec.trainable_parts)
+    trainable = sum(counts.get(PARTS[p], 0) for p in spec.trainable_parts)
     micro = spec.global_batch // (spec.grad_accum_steps * parallel.batch_divisor(mesh))
     say(f"{spec.name}: {spec.num_steps} steps of {spec.global_batch} rows ({micro}/device x "
         f"{spec.grad_accum_steps} accumulation); trains {', '.join(spec.trainable_parts)} "

@@ -12,8 +12,10 @@ from typing import Sequence
 
 import optax
 
-# training-part name (config) -> top-level attribute of the VLM module
+# THE table of trainable parts: part name (config `stages.<name>.trainable_parts`) -> top-level
+# subtree of the VLM's params (its attribute)
 PARTS = {"vision": "vision", "projector": "projector", "lm": "decoder"}
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -52,18 +54,20 @@ def lr_schedule(lr: float, total_steps: int, warmup_ratio: float = 0.03, kind: s
     """Learning rate as a function of the optimizer step, as Hugging Face's Trainer does it:
     linear warm-up from 0 over `ceil(warmup_ratio*total)` steps, then cosine (or linear, or
     constant) decay to 0 at `total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; one of {', '.join(SCHEDULES)}")
     total_steps = max(int(total_steps), 1)
     warm = min(warmup_steps(total_steps, warmup_ratio), total_steps)
+    if warm == total_steps:  # every step warms up (e.g. a one-step stage): nothing left to decay
+        return optax.linear_schedule(0.0, lr, warm)
     if kind == "cosine":
         if warm == 0:
             return optax.cosine_decay_schedule(lr, total_steps)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warm, total_steps, end_value=0.0)
     if kind == "linear":
         decay = optax.linear_schedule(lr, 0.0, max(total_steps - warm, 1))
-    elif kind == "constant":
-        decay = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"unknown schedule {kind!r}; choose cosine, linear or constant")
+        decay = optax.constant_schedule(lr)
     if warm == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])

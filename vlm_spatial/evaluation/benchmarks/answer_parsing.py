@@ -7,14 +7,15 @@ cannot read, and the caller scores ``None`` as wrong and counts it as unparsed.
 Sources (read and re-implemented):
 
 * ``can_infer_option`` / ``can_infer_text`` / ``can_infer`` -- VLMEvalKit
-  ``vlmeval/utils/matching_util.py`` as released through 2025 (commit 18fc37a and the forks
-  taken from it). Option rule: replace each of ``.()[],:;!*#{}`` by a space and split on
-  whitespace; if exactly one option letter occurs as a whole token, that letter is the answer;
-  if none occurs but a bare ``Z`` does, the answer is ``Z`` (VLMEvalKit's "refused", scored
-  wrong). Text rule (tried when the option rule fails): exactly one option's lower-cased text
-  is a substring of the lower-cased answer. Later upstream revisions add a position window
-  (the letter must be among the last five tokens) and a length cap on the text rule; for the
-  one-letter answers LLaVA-style models give, both revisions agree.
+  ``vlmeval/utils/matching_util.py``, in the revision a `RuleSet` names (``evaluation/rules.py``
+  lists them and their commits). Option rule: replace each of ``.()[],:;!*#{}`` by a space and
+  split on whitespace; if exactly one option letter occurs as a whole token, that letter is the
+  answer -- anywhere (2025-04), or only if its first occurrence is among the last 4 tokens
+  (since 2025-08-04); if none occurs but a bare ``Z`` does, the answer is ``Z`` (VLMEvalKit's
+  "refused", scored wrong); since 2026-06-17 a failed token rule then tries "answer is **B**".
+  Text rule (tried when the option rule fails): exactly one option's lower-cased text is a
+  substring of the lower-cased answer -- since 2025-08-04 only for answers at most twice the
+  options' combined text.
 * exact-matching MCQ scoring -- VLMEvalKit ``vlmeval/dataset/utils/multiple_choice.py``
   (``extract_answer_from_item`` with no judge model): the prediction is ``str()``-ed, ``can_infer``
   is tried, and a failure becomes option ``'Z'`` (wrong); ``hit = (opt == GT)``.
@@ -46,6 +47,8 @@ import re
 import string
 from typing import Mapping, Optional, Sequence
 
+from ..rules import RuleSet, get_rules
+
 LLAVA_MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 LLAVA_MCQ_SUFFIX_CN = "\n请直接回答选项字母。"
 LLAVA_OPEN_SUFFIX = "\nAnswer the question directly."
@@ -60,6 +63,7 @@ _REJECTIONS = (
     "I'm sorry, but without the image provided",
     "Cannot determine the answer",
 )
+_VERBOSE_ANSWER = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
 def is_chinese(text: str) -> bool:
@@ -82,8 +86,14 @@ def llava_mcq_prompt(question: str, options: Mapping[str, str], hint: Optional[s
     return text + (LLAVA_OPEN_SUFFIX_CN if is_chinese(text) else LLAVA_OPEN_SUFFIX)
 
 
-def can_infer_option(answer: str, choices: Mapping[str, str]) -> Optional[str]:
-    """The one option letter written as a whole token in ``answer`` ('Z' = refusal), or None."""
+def can_infer_option(answer: str, choices: Mapping[str, str], letter_window: Optional[int] = None,
+                     verbose_answer_pattern: bool = False) -> Optional[str]:
+    """The one option letter written as a whole token in ``answer`` ('Z' = refusal), or None.
+
+    ``letter_window``: the letter counts only if its first occurrence is among the last N tokens
+    (None: anywhere). ``verbose_answer_pattern``: when the tokens give no answer (and no 'Z'),
+    take the letter of "answer is B" / "correct answer is **B**" (A-D, any case).
+    """
     answer = str(answer)
     if "Failed to obtain answer via API" in answer:
         return None
@@ -95,32 +105,45 @@ def can_infer_option(answer: str, choices: Mapping[str, str]) -> Optional[str]:
     tokens = mod.split()
     present = [c for c in choices if c in tokens]
     if len(present) == 1:
-        return present[0]
-    if not present and "Z" in tokens:
+        if letter_window is None or tokens.index(present[0]) > len(tokens) - letter_window - 1:
+            return present[0]
+    elif not present and "Z" in tokens:
         return "Z"
+    if verbose_answer_pattern:
+        m = _VERBOSE_ANSWER.search(answer)
+        if m and m.group(1).upper() in choices:
+            return m.group(1).upper()
     return None
 
 
-def can_infer_text(answer: str, choices: Mapping[str, str]) -> Optional[str]:
-    """The one option whose lower-cased text is inside the lower-cased answer, or None."""
+def can_infer_text(answer: str, choices: Mapping[str, str], length_cap: bool = False) -> Optional[str]:
+    """The one option whose lower-cased text is inside the lower-cased answer, or None.
+
+    ``length_cap``: None for an answer longer than twice the options' combined text.
+    """
     answer = str(answer).lower()
+    if length_cap and len(answer) > 2 * sum(len(str(v)) for v in choices.values()):
+        return None
     hits = [k for k, v in choices.items() if str(v).lower() in answer]
     return hits[0] if len(hits) == 1 else None
 
 
-def can_infer(answer: str, choices: Mapping[str, str]) -> Optional[str]:
-    """VLMEvalKit ``can_infer``: the option rule, then the text rule."""
-    return can_infer_option(answer, choices) or can_infer_text(answer, choices)
+def can_infer(answer: str, choices: Mapping[str, str], rules: Optional[RuleSet] = None) -> Optional[str]:
+    """VLMEvalKit ``can_infer`` under ``rules`` (default `DEFAULT_RULES`): option, then text rule."""
+    rules = get_rules(rules)
+    return (can_infer_option(answer, choices, rules.letter_window, rules.verbose_answer_pattern)
+            or can_infer_text(answer, choices, rules.text_rule_length_cap))
 
 
-def vlmevalkit_mcq_extract(prediction, choices: Mapping[str, str]) -> Optional[str]:
-    """Exact-matching MCQ extraction: a letter of ``choices``, or None (VLMEvalKit's 'Z').
+def vlmevalkit_mcq_extract(prediction, choices: Mapping[str, str],
+                           rules: Optional[RuleSet] = None) -> Optional[str]:
+    """Exact-matching MCQ extraction under ``rules``: a letter of ``choices``, or None ('Z').
 
     A refusal ('Z') is returned as None: it can never equal a gold letter.
     """
     if prediction is None:
         return None
-    letter = can_infer(str(prediction), dict(choices))
+    letter = can_infer(str(prediction), dict(choices), rules)
     return letter if letter in choices else None
 
 

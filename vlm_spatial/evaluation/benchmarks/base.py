@@ -8,8 +8,9 @@ A benchmark module defines one subclass of :class:`Benchmark` and registers it w
   reference harness sends to a LLaVA-style model (the model adds its own conversation
   template), whose ``gold`` is the answer in the form ``parse`` produces, and whose ``meta``
   carries what the metric groups by (category, source, pair, type ...).
-* ``parse(sample, raw) -> answer | None``: the reference harness's answer extraction;
-  ``None`` means unparseable (scored wrong, counted in ``n_unparsed``).
+* ``parse(sample, raw) -> answer | None``: the reference harness's answer extraction, under the
+  benchmark's rule set ``self.rules`` (``evaluation/rules.py``: which harness revision); ``None``
+  means unparseable (scored wrong, counted in ``n_unparsed``).
 * ``is_correct(sample, parsed) -> bool``.
 * ``metrics(records) -> dict``: every number the benchmark reports. ``records`` are the
   runner's scored rows (``qid, raw_output, parsed, gold, correct, meta, choices``). The key
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
+from ..rules import HARNESS_MAX_NEW_TOKENS, get_rules
 
 csv.field_size_limit(sys.maxsize)
 
@@ -218,12 +221,15 @@ class Benchmark:
     primary: str = "accuracy"      # metrics key of the paper-compatible headline number
     scale: str = "fraction"        # 'fraction' (0..1) or 'percent' (0..100): the paper's scale
     paper_columns: dict = {}       # paper column name -> metrics key (see paper_results.json)
-    max_new_tokens: int = 64
+    max_new_tokens: int = HARNESS_MAX_NEW_TOKENS  # the harness's own limit (see rules.py)
     subdirs: Sequence[str] = ()    # directories under data_root searched before data_root itself
     expected_files: Sequence[str] = ()
     published: str = ""
 
-    def __init__(self, **options):
+    def __init__(self, rules=None, **options):
+        """``rules``: a rule-set name or `RuleSet` (None: the default, see ``evaluation/rules.py``);
+        ``options``: benchmark options (e.g. ``prompt_style``)."""
+        self.rules = get_rules(rules)
         self.options = options
 
     # -- files

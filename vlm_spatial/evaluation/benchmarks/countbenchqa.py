@@ -12,10 +12,12 @@ Prompt (VLMEvalKit ``CountBenchQA.build_prompt``; a VQA set, so LLaVA adds nothi
 ``"<question> Note that: answer with a number directly e.g. 3. Do not include any additional text."``
 
 Metrics
-* ``accuracy`` (paper-compatible, Table 2 "Count-BenchQA", fraction): VLMEvalKit
-  ``CountBenchQA.evaluate``: ``str(answer) in str(prediction)`` -- a substring test, so
-  ``"12"`` counts for an answer of 2. VLMEvalKit prints it x100; the paper's table shows the
-  fraction.
+* ``accuracy``: VLMEvalKit ``CountBenchQA.evaluate``: ``str(answer) in str(prediction)`` -- a
+  substring test, so ``"12"`` counts for an answer of 2 -- on the scale of the rule set's
+  revision: a fraction in ``vlmevalkit-2025.09`` (d3aa188e), x100 from ``vlmevalkit-2025.09.12``
+  (9cc14cd0) on. ``accuracy_scale`` says which.
+* ``accuracy_fraction`` (paper-compatible, Table 2 "Count-BenchQA"): the same as a fraction, the
+  paper's scale, whatever the rule set.
 * ``exact_acc``: the first whole-word count in the output (digits or a number word, as
   VLMEvalKit reads TallyQA answers) equals the answer -- the exact-count rule of
   PaliGemma/Molmo-style CountBenchQA scoring. ``parsed`` holds that count.
@@ -39,8 +41,7 @@ class CountBenchQA(Benchmark):
     title = "CountBenchQA"
     vlmevalkit_key = "CountBenchQA"
     primary = "accuracy"
-    paper_columns = {"Count-BenchQA": "accuracy"}
-    max_new_tokens = 16
+    paper_columns = {"Count-BenchQA": "accuracy_fraction"}
     subdirs = ("countbenchqa", "CountBenchQA", "countbench")
     expected_files = ("CountBenchQA.tsv (VLMEvalKit, 487 rows)",
                       "data/test-*.parquet (HF vikhyatk/CountBenchQA, 491 rows)")
@@ -77,5 +78,9 @@ class CountBenchQA(Benchmark):
     def metrics(self, records: list[dict]) -> dict:
         exact = [dict(r, correct=r.get("parsed") is not None and r["parsed"] == r["gold"])
                  for r in records]
-        return {"accuracy": accuracy(records), "exact_acc": accuracy(exact), "n": len(records),
+        fraction = accuracy(records)
+        percent = self.rules.countbenchqa_percent
+        return {"accuracy": 100 * fraction if percent else fraction,
+                "accuracy_scale": "percent" if percent else "fraction",
+                "accuracy_fraction": fraction, "exact_acc": accuracy(exact), "n": len(records),
                 "n_unparsed": count_unparsed(records)}

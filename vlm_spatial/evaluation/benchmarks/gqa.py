@@ -48,7 +48,7 @@ class GQA(Benchmark):
     paper_columns = {"GQA Overall": "accuracy", "GQA Choose": "acc_choose",
                      "GQA Compare": "acc_compare", "GQA Logical": "acc_logical",
                      "GQA Query": "acc_query", "GQA Verify": "acc_verify"}
-    max_new_tokens = 16
+    max_new_tokens = 16  # answers are compared whole: one longer than 16 tokens is wrong cut or not
     subdirs = ("gqa", "GQA")
     expected_files = ("GQA_TestDev_Balanced.tsv (VLMEvalKit)",
                       "testdev_balanced_questions.json + images/ (GQA official release)")

@@ -8,8 +8,9 @@ Paper-compatible mode = VLMEvalKit with ``--judge exact_matching`` and its LLaVA
       [hint\\n]question\\nA. <A>\\nB. <B>...
       Answer with the option's letter from the given choices directly.
 
-* parse: ``can_infer`` over the prediction (the one option letter written as a token, else
-  the one option whose text it contains); anything else is VLMEvalKit's ``'Z'`` -- wrong
+* parse: ``can_infer`` over the prediction under the benchmark's rule set (the one option letter
+  written as a token, else the one option whose text it contains; which tokens and which
+  lengths count is the rule set's); anything else is VLMEvalKit's ``'Z'`` -- wrong
   (``vlmeval/dataset/utils/multiple_choice.py::extract_answer_from_item`` with no judge).
 * score: ``hit = (letter == answer)``, accuracy = mean(hit) as a fraction
   (``report_acc``), per ``category`` / ``l2-category`` where the file has them.
@@ -45,11 +46,10 @@ def sample_from_vlmevalkit_row(row: dict, meta_keys=("category", "l2-category", 
 class MCQBenchmark(Benchmark):
     """VLMEvalKit exact-matching multiple choice; subclasses add loaders and metric groups."""
 
-    max_new_tokens = 32
     group_keys: tuple = ("category",)
 
     def parse(self, sample: Sample, raw: str) -> Optional[str]:
-        return vlmevalkit_mcq_extract(raw, sample.choices or {})
+        return vlmevalkit_mcq_extract(raw, sample.choices or {}, self.rules)
 
     def metrics(self, records: list[dict]) -> dict:
         out = {"accuracy": accuracy(records), "n": len(records),

@@ -15,17 +15,27 @@ that by ``"\\nAnswer the question using a single word or phrase."``; questions r
 Parse: VLMEvalKit ``YOrN_Extraction`` ('Yes' iff the word yes occurs and no does not, and
 vice versa; otherwise Unknown -> wrong). ``correct = (extracted == answer)``.
 
-Metrics (VLMEvalKit ``yorn.py::MME_rating`` = MME's ``eval_tool/calculation.py``):
+Metrics (VLMEvalKit ``yorn.py::MME_rating``; the same formula as MME's ``eval_tool/calculation.py``):
 * per subtask: ``acc = 100 * mean(correct)`` over questions, ``acc_plus = 100 * mean over images
   of (both questions correct)``, ``score = acc + acc_plus`` (max 200).
 * ``perception`` = sum of the 10 perception scores (max 2000), ``cognition`` = sum of the 4
   cognition scores (VLMEvalKit calls it 'reasoning'; max 800).
 * ``fraction`` (paper-compatible, Table 1 "MME") = (perception + cognition) / 2800.
+
+Official (``official_*``): the same numbers with MME's own parse instead of ``YOrN_Extraction``
+(`mme_official_parse`, ``calculation.py::parse_pred_ans``): the lower-cased answer is yes if
+``"yes"`` occurs in its first 4 characters, else no if ``"no"`` does, else "other" (wrong) --
+so "The answer is no" is other, "Yes, and no" yes, "Not sure" no. ``official_subtasks`` also
+counts each subtask's "other" answers (``other_num``). calculation.py reads one
+``image<TAB>question<TAB>gold<TAB>answer`` line per question (LLaVA's
+``convert_answer_to_mme.py`` writes the answer as is), so an answer holding a tab or a newline
+cannot be scored by it; here the rule is applied to the answer as it is.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -60,6 +70,19 @@ def mme_scores(records: list[dict]) -> dict:
             "missing_subtasks": [c for c in PERCEPTION + COGNITION if c not in per]}
 
 
+def mme_official_parse(output) -> Optional[str]:
+    """MME ``calculation.py`` ``parse_pred_ans``: 'Yes' / 'No' from the first 4 characters of the
+    lower-cased answer (yes before no), None for its 'other'."""
+    if output is None:
+        return None
+    head = str(output).lower()[:4]
+    if "yes" in head:
+        return "Yes"
+    if "no" in head:
+        return "No"
+    return None
+
+
 @register
 class MME(Benchmark):
     name = "mme"
@@ -67,7 +90,6 @@ class MME(Benchmark):
     vlmevalkit_key = "MME"
     primary = "fraction"
     paper_columns = {"MME": "fraction"}
-    max_new_tokens = 16
     subdirs = ("mme", "MME")
     expected_files = ("MME.tsv (VLMEvalKit)",
                       "llava_mme.jsonl + MME_Benchmark_release_version/ (LLaVA eval + MME release)")
@@ -139,4 +161,14 @@ class MME(Benchmark):
         out = mme_scores(records)
         out.update({"n": len(records), "n_unparsed": count_unparsed(records),
                     "accuracy": float(np.mean([bool(r["correct"]) for r in records]))})
+        official = []
+        for r in records:
+            parsed = mme_official_parse(r.get("raw_output"))
+            official.append(dict(r, parsed=parsed, correct=parsed is not None and parsed == r["gold"]))
+        scores = mme_scores(official)
+        for cat, sub in scores["subtasks"].items():
+            sub["other"] = sum(1 for r in official if r["meta"]["category"] == cat and r["parsed"] is None)
+        out.update({f"official_{k}": scores[k] for k in ("fraction", "perception", "cognition", "total",
+                                                          "subtasks")})
+        out["official_n_other"] = count_unparsed(official)
         return out

@@ -109,7 +109,6 @@ class MMMU(MCQBenchmark):
     vlmevalkit_key = "MMMU_DEV_VAL"
     primary = "accuracy"
     paper_columns = {"MMMU_Val": "accuracy"}
-    max_new_tokens = 128
     subdirs = ("mmmu", "MMMU")
     expected_files = ("MMMU_DEV_VAL.tsv (VLMEvalKit)",
                       "<Subject>/validation-*.parquet (HF MMMU/MMMU)")

@@ -15,13 +15,16 @@ as VLMEvalKit ``report_acc_MMVP`` pairs consecutive rows and tsb0601/MMVP
 ``scripts/evaluate_mllm.py`` counts a pair only when both of its questions are right.
 
 Metrics
-* ``question_acc`` (paper-compatible, Table 2 "MMVP"): mean over the 300 questions of
-  ``hit`` -- VLMEvalKit ``report_acc_MMVP`` "Average".
-* ``pair_acc`` (the benchmark's official metric; VLMEvalKit's "Overall"): fraction of the
-  150 pairs whose two questions are both right.
-* ``question_acc_corrected`` / ``pair_acc_corrected``: the same with the two disputed labels of
-  tsb0601/MMVP issue #14 swapped (question 279 -> B "Sitting", 280 -> A "Standing"). The
-  shipped labels stay the default because the paper's numbers use them.
+* ``question_acc`` (paper-compatible, Table 2 "MMVP"): mean over the 300 questions of ``hit``
+  -- VLMEvalKit's "Overall" in the 2025 revisions (``report_acc``), its "Average" since
+  b77b16fb (2025-12-20, ``report_acc_MMVP``).
+* ``pair_acc`` (the benchmark's official metric; VLMEvalKit's "Overall" since b77b16fb):
+  fraction of the 150 pairs whose two questions are both right.
+* ``label_sets``: ``{name: {"question_acc", "pair_acc"}}`` under each named label set of
+  `LABEL_SETS` -- the file's labels (``mmvp-original``, what the paper and VLMEvalKit score),
+  tsb0601/MMVP issue #14's fix of questions 279/280 (``mmvp-corrected-279-280``), and
+  lmms-eval's ``GROUND_TRUTH_CORRECTIONS`` (``lmms-eval``: 279/280 and the elephant-tusk pair
+  99/100; ``lmms_eval/tasks/mmvp/utils.py``, lmms-eval issue #1018, tsb0601/MMVP issue #30).
 """
 from __future__ import annotations
 
@@ -31,7 +34,12 @@ from .answer_parsing import llava_mcq_prompt
 from .base import Sample, count_unparsed, read_csv, read_vlmevalkit_tsv, register
 from .mcq import MCQBenchmark, sample_from_vlmevalkit_row
 
-DISPUTED_LABELS = {279: "B", 280: "A"}  # tsb0601/MMVP issue #14, by question number
+# Gold letters that replace the file's, by question number 1..300.
+LABEL_SETS = {
+    "mmvp-original": {},
+    "mmvp-corrected-279-280": {279: "B", 280: "A"},           # tsb0601/MMVP issue #14
+    "lmms-eval": {99: "B", 100: "A", 279: "B", 280: "A"},     # lmms-eval tasks/mmvp/utils.py
+}
 
 
 def parse_mmvp_options(options: str) -> dict:
@@ -94,14 +102,16 @@ class MMVP(MCQBenchmark):
 
     def metrics(self, records: list[dict]) -> dict:
         hits = {int(r["meta"]["number"]): bool(r["correct"]) for r in records}
-        fixed = dict(hits)
-        for r in records:
-            n = int(r["meta"]["number"])
-            if n in DISPUTED_LABELS:
-                fixed[n] = r.get("parsed") == DISPUTED_LABELS[n]
         q, p = pair_scores(hits)
-        qc, pc = pair_scores(fixed)
-        return {"question_acc": q, "pair_acc": p, "question_acc_corrected": qc,
-                "pair_acc_corrected": pc, "n": len(records),
+        label_sets = {}
+        for name, fixes in LABEL_SETS.items():
+            relabelled = dict(hits)
+            for r in records:
+                n = int(r["meta"]["number"])
+                if n in fixes:
+                    relabelled[n] = r.get("parsed") == fixes[n]
+            qs, ps = pair_scores(relabelled)
+            label_sets[name] = {"question_acc": qs, "pair_acc": ps}
+        return {"question_acc": q, "pair_acc": p, "label_sets": label_sets, "n": len(records),
                 "n_pairs": len({(n - 1) // 2 for n in hits}),
                 "n_unparsed": count_unparsed(records)}

@@ -26,7 +26,7 @@ class Synthetic(Benchmark):
     title = "Synthetic spatial"
     primary = "accuracy"
     paper_columns = {}
-    max_new_tokens = 16
+    max_new_tokens = 16  # one-word answers; no harness to match
     subdirs = ("synthetic", "synthetic_spatial")
     expected_files = ("test_eval.json / val_eval.json (written by python -m vlm_spatial.data.synthetic)",)
     published = "generated locally by vlm_spatial.data.synthetic"
@@ -57,7 +57,7 @@ class Synthetic(Benchmark):
 
     def parse(self, sample: Sample, raw: str):
         if sample.choices:
-            return vlmevalkit_mcq_extract(raw, sample.choices)
+            return vlmevalkit_mcq_extract(raw, sample.choices, self.rules)
         if raw is None or not str(raw).strip():
             return None
         return vqa_normalize(raw)

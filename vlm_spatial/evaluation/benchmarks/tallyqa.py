@@ -49,7 +49,6 @@ class TallyQA(Benchmark):
     vlmevalkit_key = "TallyQA"
     primary = "accuracy"
     paper_columns = {"TallyQA": "accuracy"}
-    max_new_tokens = 16
     subdirs = ("tallyqa", "TallyQA")
     expected_files = ("TallyQA.tsv / tallyqa_data.tsv (VLMEvalKit, HF moondream/TallyQA-VLMEvalKit)",
                       "test.json (+ images) from tallyqa.zip (manoja328/TallyQA_dataset)")

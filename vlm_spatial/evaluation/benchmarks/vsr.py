@@ -46,7 +46,6 @@ class VSR(Benchmark):
     primary = "accuracy"
     scale = "percent"
     paper_columns = {"VSR": "accuracy"}
-    max_new_tokens = 16
     subdirs = ("vsr", "VSR", "visual-spatial-reasoning")
     expected_files = ("VSR-zeroshot.tsv (VLMEvalKit)",
                       "data/splits/zeroshot/test.jsonl + images/ (cambridgeltl/visual-spatial-reasoning)")
