@@ -17,15 +17,17 @@ from test_vlm import IMAGE_TOKEN, randomise, text_config, vision_config
 import vlm_spatial
 from vlm_spatial.convert import hf_llava
 
-CASES = {
+CASES = {  # name: the encoder, LlavaConfig settings, images per row of the batches tried
     # top-level tie only (the text config says False): transformers ties the LM head
-    "tied": dict(vision="clip", llava=dict(tie_word_embeddings=True, vision_feature_select_strategy="default")),
+    "tied": dict(vision="clip", llava=dict(tie_word_embeddings=True, vision_feature_select_strategy="default"),
+                 rows=([1, 1], [0, 1])),
     # two feature layers concatenated, another activation, no projector biases
     "layers": dict(vision="clip", llava=dict(vision_feature_layer=[0, -2], projector_hidden_act="quick_gelu",
-                                             multimodal_projector_bias=False, vision_feature_select_strategy="default")),
+                                             multimodal_projector_bias=False, vision_feature_select_strategy="default"),
+                   rows=([2, 0],)),
     # NaFlex patches, three feature layers, 'full' selection, SiLU
     "naflex": dict(vision="siglip2", llava=dict(vision_feature_layer=[-1, 1, -3], projector_hidden_act="silu",
-                                                vision_feature_select_strategy="full")),
+                                                vision_feature_select_strategy="full"), rows=([1, 2],)),
 }
 
 
@@ -69,8 +71,8 @@ def test_llava_setting_matches_transformers_and_round_trips(case, tmp_path):
     cfg = vlm.config
     assert (cfg.decoder.tie_word_embeddings, cfg.projector_bias) == (case == "tied", case != "layers")
     rng = np.random.default_rng(0)
-    # one image per row, then two images in row 0 and none in row 1, then a text-only row first
-    for per_row in ([1, 1], [2, 0], [0, 1]):
+    # one image per row, two in a row and none in the other, a text-only row first, ...
+    for per_row in CASES[case]["rows"]:
         ids = image_rows(cfg.num_image_tokens, per_row, rng)
         ours, theirs = images(case, rng, sum(per_row))
         with torch.no_grad():
