@@ -40,6 +40,9 @@ refused):
   data.max_len, bucket_lengths   longest sequence; the padded lengths a batch may take
   data.num_workers         image-decoding processes; data.resize_mode 'resize' | 'pad' (LLaVA's
                            expand-to-square); data.on_bad_record 'skip' | 'raise'
+  data.max_bad_record_ratio   'skip' stops with the reasons when more than this share of the last
+                           1000 records read (at most an epoch) is bad
+  data.allow_image_paths_outside_root   read image paths that are absolute or leave the image root
   stages.<name>.trainable_parts  any of 'projector', 'lm', 'vision'; the rest is frozen (no optimizer
                            state). Tuples from the command line: "('projector','lm')" or projector,lm
   stages.<name>.lr, schedule, warmup_ratio, weight_decay, max_grad_norm   AdamW + schedule
@@ -124,6 +127,8 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         num_workers=8,
         resize_mode="resize",
         on_bad_record="skip",  # "skip": count and log the record id; "raise": stop at the first bad record
+        max_bad_record_ratio=0.1,  # "skip" stops the run when more than 10% of the last 1000 records are bad
+        allow_image_paths_outside_root=False,  # image paths that are absolute or climb out with '..' are bad records
         synthetic=dict(dir="", num_train=4000, num_test=500, image_size=32, questions_per_image=1, seed=0,
                        families=("left_right", "above_below", "closer", "count", "relation_mc")),
     )

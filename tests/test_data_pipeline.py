@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import time
 
 import grain
 import numpy as np
@@ -206,3 +207,86 @@ def test_each_host_reads_its_own_shard(synth_dir):
         assert len(batches) == 10 and all(len(b["input_ids"]) == 3 for b in batches)
         seen.append({r.tobytes() for b in batches[:3] for r in b["pixel_values"]})
     assert len(seen[0]) == len(seen[1]) == 9 and not seen[0] & seen[1]
+
+
+def _record(rid, image):
+    return {"id": rid, "image": image, "conversations": [{"from": "human", "value": "<image>\nWhat is on the plate?"},
+                                                         {"from": "gpt", "value": "Broccoli and bread."}]}
+
+
+def test_image_paths_outside_the_root_are_refused_unless_allowed(llava_dir, tmp_path, caplog):
+    outside = llava_dir.parent / "outside.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside)
+    records = [_record("inside", "coco/../coco/train2017/000000000009.jpg"),  # '..' that stays inside
+               _record("dotdot", "../outside.jpg"), _record("absolute", str(outside))]
+    path = tmp_path / "paths.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    FILES["paths.jsonl"] = str(path)
+    with caplog.at_level(logging.WARNING, logger="vlm_spatial.data"):
+        with _pipeline(llava_dir, ["paths.jsonl"], global_batch_size=1) as it:
+            assert len(list(it)) == 1
+            assert it.bad_records.total == {"image_outside_root": 2}
+    messages = [r.getMessage() for r in caplog.records]
+    for rid, image in (("dotdot", "../outside.jpg"), ("absolute", str(outside))):
+        assert any(f"id={rid!r} reason=image_outside_root: image {image!r} resolves to {outside}, outside the "
+                   f"image root {llava_dir} (data.allow_image_paths_outside_root=True reads it)" in m
+                   for m in messages), (rid, messages)
+    with _pipeline(llava_dir, ["paths.jsonl"], global_batch_size=1, allow_image_paths_outside_root=True) as it:
+        rows = list(it)
+        assert len(rows) == 3 and it.bad_records.num_skipped == 0
+    np.testing.assert_array_equal(rows[1]["pixel_values"], rows[2]["pixel_values"])  # both read outside.jpg
+
+
+def test_too_many_bad_records_stop_in_the_main_process_and_name_what_to_fix(llava_dir, tmp_path):
+    """A wrong image root makes every record bad: a repeating pipeline (worker processes too)
+    stops after one pass with the reasons, example records, the files and the fix. A bad share
+    under the limit, as one bad record at the start, trains on."""
+    from vlm_spatial.data.bad_records import TooManyBadRecords
+
+    for num_workers in (0, 2):
+        t0 = time.time()
+        with _pipeline(tmp_path / "wrong_root", ["blip_laion_cc_sbu_558k_sample.json"], global_batch_size=1,
+                       num_epochs=None, tokenizer_dir=str(llava_dir / "tokenizer"), template="plain",
+                       num_workers=num_workers) as it:
+            with pytest.raises(TooManyBadRecords) as err:
+                next(it)
+        assert time.time() - t0 < 60
+        msg = str(err.value)
+        data = FILES["blip_laion_cc_sbu_558k_sample.json"]
+        assert msg.startswith("too many bad records: 3 of the last 3 records read are bad (100.0%), no good record "
+                              f"in a whole pass; stopping. Data: LlavaJsonSource(files=['{data}'], "
+                              f"image_roots=['{tmp_path / 'wrong_root'}'], len=3)."), msg
+        assert ("  missing_image: 4 skipped so far (the record names an image file that does not exist), e.g.\n"
+                f"    bad record id='004539375' reason=missing_image: no file {tmp_path / 'wrong_root'}/00453/004539375.jpg"
+                in msg), msg
+        assert "    fix: check the image root (stages.<stage>.image_root): the records' image paths are relative" in msg
+    records = [_record("bad_first", "coco/train2017/missing.jpg")] + [
+        _record(f"good{i}", "coco/train2017/000000000009.jpg") for i in range(11)]
+    path = tmp_path / "one_bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    FILES["one_bad.jsonl"] = str(path)
+    with _pipeline(llava_dir, ["one_bad.jsonl"], global_batch_size=1, num_epochs=3, max_bad_record_ratio=0.1) as it:
+        assert len(list(it)) == 33 and it.bad_records.num_skipped == 3  # 1 of 12 < 10%
+    with _pipeline(llava_dir, ["one_bad.jsonl"], global_batch_size=1, num_epochs=3, max_bad_record_ratio=0.05) as it:
+        with pytest.raises(TooManyBadRecords, match=r"1 of the last 12 records read are bad \(8.3%\), above "
+                                                    r"data.max_bad_record_ratio=0.05; stopping"):
+            list(it)
+
+
+def test_a_stop_request_interrupts_the_wait_for_data_at_the_batch_boundary(synth_dir):
+    """`set_stop_check(fn)`: `next` raises DataWaitInterrupted once fn() is true, and the iterator
+    is back where the batch began, so a checkpoint taken then resumes the exact stream."""
+    from vlm_spatial.data.pipeline import DataWaitInterrupted
+
+    with _synth_pipeline(synth_dir, 0) as it:
+        ref = list(it)
+    with _synth_pipeline(synth_dir, 0) as it:
+        first = next(it)
+        polls = []
+        it.set_stop_check(lambda: len(polls) > 3 or polls.append(1))  # true after 3 records of the batch
+        with pytest.raises(DataWaitInterrupted):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))
+    with _synth_pipeline(synth_dir, 0) as it:
+        it.set_state(state)
+        _assert_same([first] + list(it), ref)

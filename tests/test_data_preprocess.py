@@ -53,3 +53,52 @@ def test_siglip2_naflex(photo):
     np.testing.assert_array_equal(ours["pixel_attention_mask"], ref["pixel_attention_mask"][0])
     np.testing.assert_allclose(ours["pixel_values"], ref["pixel_values"][0], atol=2e-6)
 
+
+
+def _asymmetric(h=24, w=40):
+    """An image whose every flip and rotation differs: red left third, a green block top right."""
+    arr = np.full((h, w, 3), 200, np.uint8)
+    arr[:, : w // 3] = (255, 0, 0)
+    arr[: h // 4, -w // 4:] = (0, 255, 0)
+    return arr
+
+
+def test_exif_orientation_is_applied_for_training_and_evaluation(tmp_path):
+    """A JPEG stored sideways with EXIF Orientation=6 (display: rotate 90 degrees clockwise) is
+    decoded upright by the one decoder that training and the benchmarks use."""
+    from vlm_spatial.data.preprocess import load_image
+    from vlm_spatial.evaluation.benchmarks.base import Sample
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(_asymmetric()).save(path, quality=95, exif=exif)
+    stored = np.asarray(Image.open(path).convert("RGB"))  # the pixels as written, without the tag
+    upright = np.rot90(stored, k=-1)  # what a viewer shows
+    assert stored.shape == (24, 40, 3) and upright.shape == (40, 24, 3)
+    np.testing.assert_array_equal(np.asarray(load_image(path)), upright)
+    np.testing.assert_array_equal(np.asarray(load_image(path.read_bytes())), upright)
+    np.testing.assert_array_equal(np.asarray(load_image(load_image(path))), upright)  # applied once
+    np.testing.assert_array_equal(np.asarray(Sample("q", "p", None, image=str(path)).load_image()), upright)
+    np.testing.assert_array_equal(
+        np.asarray(Sample("q", "p", None, image=path.read_bytes(), image_kind="bytes").load_image()), upright)
+    cfg = ImageConfig(encoder="clip", image_size=16)
+    np.testing.assert_array_equal(preprocess_image(str(path), cfg), preprocess_image(upright.copy(), cfg))
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_saturated(tmp_path):
+    from vlm_spatial.data.preprocess import load_image
+    from vlm_spatial.evaluation.benchmarks.base import Sample
+
+    values = np.array([[0, 128, 257, 1000], [32896, 40000, 65278, 65535]], np.uint16)
+    expected = np.array([[0, 0, 1, 4], [128, 156, 254, 255]], np.uint8)  # round(v / 257)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    got = np.asarray(load_image(path))
+    assert got.dtype == np.uint8 and got.shape == (2, 4, 3)
+    np.testing.assert_array_equal(got, np.repeat(expected[..., None], 3, -1))
+    np.testing.assert_array_equal(np.asarray(Sample("q", "p", None, image=str(path)).load_image()), got)
+    as_i = Image.open(path).convert("I")  # the same values in Pillow's 32-bit integer mode
+    assert as_i.mode == "I"
+    np.testing.assert_array_equal(np.asarray(load_image(as_i)), got)

@@ -48,3 +48,31 @@ def test_malformed_records(tmp_path):
     with pytest.raises(ValueError, match="one top-level array"):
         (tmp_path / "obj.json").write_text('{"id": "a"}')
         LlavaJsonSource(tmp_path / "obj.json")
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_record_and_offset(tmp_path):
+    """One non-UTF-8 byte inside a record's text spoils that record only (index and offset named);
+    one in the array's structure fails at start naming the file, the record and the byte."""
+    good = [json.dumps(r, ensure_ascii=False).encode() for r in RECORDS]
+    bad = good[1].replace(b"Text only", b"Text \xff only")
+    data = b"[" + b",\n ".join([good[0], bad, good[2]]) + b"]"
+    (tmp_path / "one_bad_byte.json").write_bytes(data)
+    (tmp_path / "one_bad_byte.jsonl").write_bytes(b"\n".join([good[0], bad, good[2]]) + b"\n")
+    for name in ("one_bad_byte.json", "one_bad_byte.jsonl"):
+        src = LlavaJsonSource(tmp_path / name)
+        assert len(src) == 3 and src[0]["record"] == RECORDS[0] and src[2]["record"] == RECORDS[2]
+        raw = (tmp_path / name).read_bytes()
+        start, offset = raw.index(bad), raw.index(b"\xff")
+        assert src[1]["record"] is None
+        assert src[1]["error"] == (f"{tmp_path / name}: record 1 (byte {start}): byte {offset} (0xff) is not UTF-8; "
+                                   "re-encode the file as UTF-8")
+    # the record index counts within its own file when several files are read together
+    both = LlavaJsonSource([tmp_path / "one_bad_byte.jsonl", tmp_path / "one_bad_byte.json"])
+    assert both[4]["record"] is None and both[4]["error"].startswith(f"{tmp_path / 'one_bad_byte.json'}: record 1 ")
+    structure = data.replace(b",\n ", b",\xff ", 1)
+    (tmp_path / "broken_structure.json").write_bytes(structure)
+    with pytest.raises(ValueError) as err:
+        LlavaJsonSource(tmp_path / "broken_structure.json")
+    msg, at = str(err.value), structure.index(b"\xff")
+    assert msg.startswith(f"{tmp_path / 'broken_structure.json'}: invalid JSON in record 1 "
+                          f"(starting at byte {len(good[0]) + 2}; error at byte {at})"), msg

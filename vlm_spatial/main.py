@@ -67,12 +67,13 @@ def main(argv) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from vlm_spatial.data.bad_records import BadRecordError, TooManyBadRecords
     from vlm_spatial.training.job import run_job
     from vlm_spatial.training.loop import NonFiniteLoss, Preempted
 
     try:
         summary = run_job(run, _WORKDIR.value)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, TooManyBadRecords, BadRecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Preempted as e:

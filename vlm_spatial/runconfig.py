@@ -352,6 +352,9 @@ class DataConfig:
     num_workers: int = _field(lo=0)
     resize_mode: str = _field(choices=_resize_modes)
     on_bad_record: str = _field(choices=_bad_record_policies)
+    # with on_bad_record='skip': stop when more than this share of a window of records is bad
+    max_bad_record_ratio: float = _field(lo=0, hi=1, hi_open=True)
+    allow_image_paths_outside_root: bool = _field()  # read absolute / '..' image paths
     synthetic: SyntheticConfig = _field()
 
     def __post_init__(self):

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from vlm_spatial.data.bad_records import BadRecordError, BadRecordStats, is_bad_marker
+from vlm_spatial.data.bad_records import RATIO_WINDOW, BadRecordError, BadRecordStats, is_bad_marker
 from vlm_spatial.data.preprocess import ImageConfig, blank_image, preprocess_image
 from vlm_spatial.data.sources import LlavaJsonSource
 from vlm_spatial.data.templates import IGNORE_INDEX, ConversationEncoder, record_id, record_image
@@ -53,10 +53,12 @@ class ProcessRecord:
     ``index // epoch_len`` is the epoch.
     """
 
-    def __init__(self, encoder: ConversationEncoder, image_cfg: ImageConfig, epoch_len: int):
+    def __init__(self, encoder: ConversationEncoder, image_cfg: ImageConfig, epoch_len: int,
+                 allow_outside_root: bool = False):
         self.encoder = encoder
         self.image_cfg = image_cfg
         self.epoch_len = max(1, int(epoch_len))
+        self.allow_outside_root = allow_outside_root
 
     def __call__(self, index: int, element: dict) -> dict:
         epoch = int(index) // self.epoch_len
@@ -77,8 +79,7 @@ class ProcessRecord:
         else:
             data = element.get("image_bytes")
             if data is None:
-                root = element.get("image_root")
-                data = image if (root is None or os.path.isabs(image)) else os.path.join(root, image)
+                data = image_path(element.get("image_root"), image, rid, self.allow_outside_root)
                 if not os.path.isfile(data):
                     raise BadRecordError(rid, "missing_image", f"no file {data}")
             try:
@@ -87,6 +88,23 @@ class ProcessRecord:
                 raise BadRecordError(rid, "corrupt_image", f"{image}: {type(e).__name__}: {e}") from None
         return {"input_ids": toks["input_ids"], "labels": toks["labels"], "pixels": pixels,
                 "has_image": image is not None, "_epoch": epoch}
+
+
+def image_path(root: str | None, image: str, rid: str, allow_outside: bool = False) -> str:
+    """The file of a record's ``image`` under its image ``root`` (None: the path as written).
+
+    A path that leaves the root (absolute, or ``..`` climbing above it; judged on the normalised
+    path, so a symlinked folder inside the root still counts as inside) raises a
+    ``BadRecordError`` (``image_outside_root``) naming the record and the path, unless
+    ``allow_outside``."""
+    if root is None:
+        return image
+    path = os.path.normpath(os.path.join(root, image))
+    inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+    if not inside and not allow_outside:
+        raise BadRecordError(rid, "image_outside_root", f"image {image!r} resolves to {path}, outside the "
+                             f"image root {root} (data.allow_image_paths_outside_root=True reads it)")
+    return path
 
 
 def choose_bucket(length: int, bucket_lengths: Sequence[int]) -> int:
@@ -121,6 +139,12 @@ def collate(rows: Sequence[dict], bucket_lengths: Sequence[int], pad_id: int) ->
 BAD_RECORD_POLICIES = ("skip", "raise")
 
 
+class DataWaitInterrupted(Exception):
+    """``stop_check()`` became true while the iterator waited for a batch (e.g. SIGTERM). The
+    iterator is back at the batch boundary (its state as before this ``next``), so a checkpoint
+    taken now resumes exactly."""
+
+
 class PipelineIterator(grain.DatasetIterator):
     """Pulls examples, counts/drops bad-record markers, and yields padded batches.
 
@@ -128,11 +152,15 @@ class PipelineIterator(grain.DatasetIterator):
     (JSON-serialisable), taken at batch boundaries, so ``set_state(get_state())`` on a fresh
     pipeline built with the same arguments continues with exactly the batch the saved one would
     have yielded next (grain's state holds per-worker positions, so ``num_workers`` must match).
-    ``close()`` (or ``with``) stops worker processes.
+    ``close()`` (or ``with``) stops worker processes. Too many bad records raise
+    ``TooManyBadRecords`` here, in the main process (``bad_records.BadRecordStats.seen``);
+    ``set_stop_check(fn)`` makes a waiting ``next`` raise :class:`DataWaitInterrupted` once
+    ``fn()`` is true.
     """
 
     def __init__(self, parent, batch_size: int, bucket_lengths: Sequence[int], pad_id: int,
-                 on_bad_record: str, drop_remainder: bool, num_workers: int):
+                 on_bad_record: str, drop_remainder: bool, num_workers: int,
+                 max_bad_record_ratio: float | None, ratio_window: int, source: str):
         super().__init__(parent)
         self.num_workers = num_workers
         self.batch_size = batch_size
@@ -140,12 +168,23 @@ class PipelineIterator(grain.DatasetIterator):
         self.pad_id = pad_id
         self.on_bad_record = on_bad_record
         self.drop_remainder = drop_remainder
-        self.bad_records = BadRecordStats()
+        self.bad_records = BadRecordStats(max_ratio=max_bad_record_ratio, window=ratio_window, source=source)
         self._finished = False
+        self._stop_check = None
+
+    def set_stop_check(self, fn) -> None:
+        """``fn() -> bool``, polled between records while a batch is gathered (the training loop
+        passes its SIGTERM flag, so a preemption is honoured while data is slow or all bad)."""
+        self._stop_check = fn
 
     def __next__(self) -> dict[str, np.ndarray]:
         rows = []
+        rewind = None if self._stop_check is None else (self._parent.get_state(), self.bad_records.get_state())
         while len(rows) < self.batch_size:
+            if rewind is not None and self._stop_check():
+                self._parent.set_state(rewind[0])
+                self.bad_records.set_state(rewind[1])
+                raise DataWaitInterrupted("stopped while waiting for data")
             try:
                 el = next(self._parent)
             except StopIteration:
@@ -158,13 +197,15 @@ class PipelineIterator(grain.DatasetIterator):
             epoch = int(el.get("_epoch", 0))
             if epoch > self.bad_records.current_epoch:
                 self.bad_records.end_epoch(epoch)
-            if is_bad_marker(el):
+            bad = is_bad_marker(el)
+            if bad:
                 err = BadRecordError.from_marker(el)
                 if self.on_bad_record == "raise":
                     raise err
                 self.bad_records.record(err)
-                continue
-            rows.append(el)
+            self.bad_records.seen(bad)
+            if not bad:
+                rows.append(el)
         return collate(rows, self.bucket_lengths, self.pad_id)
 
     def get_state(self) -> dict[str, Any]:
@@ -241,6 +282,8 @@ def build_train_dataset(
     num_image_tokens: int = 576,
     image_token_id: int = 32000,
     on_bad_record: str = "skip",
+    max_bad_record_ratio: float | None = None,
+    allow_image_paths_outside_root: bool = False,
     num_epochs: int | None = None,
     shard_index: int | None = None,
     shard_count: int | None = None,
@@ -271,14 +314,15 @@ def build_train_dataset(
     ds = host_shard(grain.MapDataset.source(source), shard_index, shard_count)
     epoch_len = len(ds)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map_with_index(ProcessRecord(encoder, image, epoch_len))
+    ds = ds.map_with_index(ProcessRecord(encoder, image, epoch_len, allow_image_paths_outside_root))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer))
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return _PipelineDataset(ds, batch_size=global_batch_size // shard_count,
                             bucket_lengths=_bucket_list(bucket_lengths, max_len),
                             pad_id=encoder.pad_id, on_bad_record=on_bad_record, drop_remainder=drop_remainder,
-                            num_workers=num_workers)
+                            num_workers=num_workers, max_bad_record_ratio=max_bad_record_ratio,
+                            ratio_window=min(RATIO_WINDOW, epoch_len), source=f"Data: {source!r}.")
 
 
 def build_train_pipeline(**kwargs) -> PipelineIterator:
@@ -300,6 +344,11 @@ def build_train_pipeline(**kwargs) -> PipelineIterator:
       image: ImageConfig (or its dict): encoder family, image_size, resize_mode, naflex, dtype;
       num_image_tokens, image_token_id: from the model config;
       on_bad_record: "skip" (count + log, the default) | "raise" (BadRecordError naming the record id);
+      max_bad_record_ratio: with "skip", stop (``TooManyBadRecords``) when more than this share of
+        the last ``min(RATIO_WINDOW, records per epoch)`` records were bad (None: only when every
+        record of such a window is bad);
+      allow_image_paths_outside_root: read image paths that are absolute or climb out of the
+        image root with ``..`` (default: such records are bad, ``image_outside_root``);
       shard_index, shard_count: default jax.process_index(), jax.process_count().
 
     Returns a :class:`PipelineIterator`: ``next(it)`` -> batch dict (module docstring),

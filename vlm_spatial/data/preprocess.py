@@ -26,7 +26,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 RESIZE_MODES = ("resize", "pad")
 
@@ -86,16 +86,40 @@ class ImageConfig:
         return cls(**d)
 
 
+# 16-bit single-channel modes (16-bit grayscale PNG/TIFF decode to one of these; "I" is 32-bit
+# int, which Pillow also gives 16-bit PNGs); their 0..65535 range maps onto 0..255 by v / 257.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit single-channel image scaled to 8-bit ``L`` (``round(v / 257)``, so 65535 -> 255);
+    Pillow's own ``convert`` clips instead, saturating every value above 255 to white."""
+    arr = np.asarray(img).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(src: Any) -> Image.Image:
-    """Decodes a path, bytes or HWC uint8 array into an RGB PIL image (fully decoded; raises
-    ``FileNotFoundError`` for a missing file and ``OSError``/``ValueError`` for a corrupt one)."""
+    """THE image decoder of training data and evaluation benchmarks: a path, bytes, HWC uint8
+    array or PIL image -> a fully decoded RGB PIL image as a viewer shows it.
+
+    The EXIF orientation tag is applied (``ImageOps.exif_transpose``: a phone photo stored
+    sideways is turned upright, so left and right are what the viewer sees), and 16-bit
+    grayscale (modes :data:`SIXTEEN_BIT_MODES`) is scaled to 8 bits (:func:`_to_8bit`) instead of
+    clipped. Raises ``FileNotFoundError`` for a missing file and ``OSError``/``ValueError`` for a
+    corrupt one.
+    """
     if isinstance(src, np.ndarray):
         return Image.fromarray(src.astype(np.uint8)).convert("RGB")
-    if isinstance(src, (bytes, bytearray)):
+    if isinstance(src, Image.Image):
+        img = src
+    elif isinstance(src, (bytes, bytearray)):
         img = Image.open(io.BytesIO(src))
     else:
         img = Image.open(os.fspath(src))
     img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in SIXTEEN_BIT_MODES:
+        img = _to_8bit(img)
     return img.convert("RGB")
 
 
@@ -160,8 +184,7 @@ def preprocess_image(src: Any, cfg: ImageConfig):
     Returns float32 (or bfloat16) ``[S, S, 3]`` normalised NHWC pixels, or with ``cfg.naflex`` the
     dict of :func:`naflex_patchify`.
     """
-    img = src if isinstance(src, Image.Image) else load_image(src)
-    img = img.convert("RGB")
+    img = load_image(src)
     if cfg.naflex:
         return naflex_patchify(img, cfg)
     if cfg.resize_mode == "pad":

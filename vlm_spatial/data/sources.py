@@ -13,8 +13,10 @@ an int. A ``.json`` file is one top-level array of records; a ``.jsonl`` file ha
 ``__getitem__``): at construction it scans each file once to build a byte-offset index (two int64
 numpy arrays — cheap to pickle into worker processes), and each ``__getitem__`` reads and parses
 just that record with ``os.pread``. Shuffling and resuming therefore never need a pass over the data.
-A record that is not valid JSON / not an object is returned as a marker the pipeline counts
-(``malformed_record``), never raised.
+A record that is not valid JSON / not UTF-8 / not an object is returned as a marker the pipeline
+counts (``malformed_record``; the error names the file, the record's index in it and the byte
+offset of the fault), never raised. A ``.json`` file whose array structure itself is broken fails
+at construction with a message naming the file, the record index and the byte offset.
 """
 from __future__ import annotations
 
@@ -29,10 +31,17 @@ _WS = " \t\r\n"
 
 
 def _index_json_array(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Byte (start, length) of each top-level element of a JSON array file."""
+    """Byte (start, length) of each top-level element of a JSON array file.
+
+    The bytes are decoded with ``surrogateescape``, so a byte that is not UTF-8 never stops the
+    index: inside a string it only spoils its record (reported when that record is read), and
+    ``len(text[a:b].encode("utf-8", "surrogateescape"))`` gives back the exact byte counts."""
     with open(path, "rb") as f:
-        text = f.read().decode("utf-8")
+        text = f.read().decode("utf-8", "surrogateescape")
     starts, lengths = [], []
+
+    def nbytes(a, b):
+        return len(text[a:b].encode("utf-8", "surrogateescape"))
 
     def skip_ws(p):
         while p < len(text) and text[p] in _WS:
@@ -43,26 +52,28 @@ def _index_json_array(path: str) -> tuple[np.ndarray, np.ndarray]:
     if pos >= len(text) or text[pos] != "[":
         raise ValueError(f"{path}: a .json LLaVA file must hold one top-level array")
     pos = skip_ws(pos + 1)
-    byte_pos = len(text[:pos].encode("utf-8"))
+    byte_pos = nbytes(0, pos)
     if pos < len(text) and text[pos] == "]":
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     while True:
         try:
             _, end = _DECODER.raw_decode(text, pos)
         except ValueError as e:
-            raise ValueError(f"{path}: invalid JSON in record {len(starts)} (char {pos}): {e}") from None
-        nbytes = len(text[pos:end].encode("utf-8"))
+            raise ValueError(f"{path}: invalid JSON in record {len(starts)} (starting at byte {byte_pos}; error "
+                             f"at byte {byte_pos + nbytes(pos, getattr(e, 'pos', pos))}): {e}") from None
+        n = nbytes(pos, end)
         starts.append(byte_pos)
-        lengths.append(nbytes)
+        lengths.append(n)
         nxt = skip_ws(end)
         if nxt >= len(text):
-            raise ValueError(f"{path}: unterminated JSON array")
+            raise ValueError(f"{path}: unterminated JSON array after record {len(starts) - 1}")
         if text[nxt] == "]":
             break
         if text[nxt] != ",":
-            raise ValueError(f"{path}: expected ',' or ']' at char {nxt}")
+            raise ValueError(f"{path}: expected ',' or ']' after record {len(starts) - 1}, at byte "
+                             f"{byte_pos + n + nbytes(end, nxt)}")
         nxt = skip_ws(nxt + 1)
-        byte_pos += nbytes + len(text[end:nxt].encode("utf-8"))
+        byte_pos += n + nbytes(end, nxt)
         pos = nxt
     return np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
 
@@ -114,6 +125,7 @@ class LlavaJsonSource:
         self._starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self._lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         self._file_ids = np.concatenate(file_ids) if file_ids else np.zeros(0, np.int32)
+        self._file_first = np.cumsum([0] + [len(s) for s in starts[:-1]]).astype(np.int64)
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -135,20 +147,28 @@ class LlavaJsonSource:
         if index < 0:
             index += len(self)
         k = int(self._file_ids[index])
-        raw = os.pread(self._fd(k), int(self._lengths[index]), int(self._starts[index]))
+        start = int(self._starts[index])
+        raw = os.pread(self._fd(k), int(self._lengths[index]), start)
         out = {"image_root": self._roots[k], "file": self._files[k], "index": index}
+        where = f"{self._files[k]}: record {index - int(self._file_first[k])} (byte {start})"
         try:
-            record = json.loads(raw)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            out.update(record=None, error=f"{where}: byte {start + e.start} (0x{raw[e.start]:02x}) is not UTF-8; "
+                                          f"re-encode the file as UTF-8")
+            return out
+        try:
+            record = json.loads(text)
             if not isinstance(record, dict):
                 raise ValueError(f"record is a {type(record).__name__}, not an object")
         except ValueError as e:
-            out.update(record=None, error=str(e))
+            out.update(record=None, error=f"{where}: {e}")
             return out
         out["record"] = record
         return out
 
     def __repr__(self) -> str:
-        return f"LlavaJsonSource(files={self._files}, len={len(self)})"
+        return f"LlavaJsonSource(files={self._files}, image_roots={self._roots}, len={len(self)})"
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():

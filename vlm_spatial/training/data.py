@@ -95,7 +95,8 @@ def pipeline_args(run: RunConfig, stage: str, vlm_cfg: VLMConfig, tok_dir: str, 
         max_len=d.max_len, bucket_lengths=d.bucket_lengths, global_batch_size=sc.global_batch, seed=run.seed,
         num_workers=d.num_workers, image=image_config_for(vlm_cfg, d.resize_mode),
         num_image_tokens=vlm_cfg.num_image_tokens, image_token_id=vlm_cfg.image_token_id, num_epochs=None,
-        on_bad_record=d.on_bad_record,
+        on_bad_record=d.on_bad_record, max_bad_record_ratio=d.max_bad_record_ratio,
+        allow_image_paths_outside_root=d.allow_image_paths_outside_root,
     )
 
 

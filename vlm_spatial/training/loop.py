@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from vlm_spatial import parallel
+from vlm_spatial.data.pipeline import DataWaitInterrupted
 from vlm_spatial.training import mfu as mfu_lib
 from vlm_spatial.training.checkpoint import StageCheckpointer
 from vlm_spatial.training.optimizer import check_parts, lr_schedule, make_optimizer
@@ -239,9 +240,20 @@ def train_stage(
     step = start
     try:
         with _SigtermFlag() as sigterm:
+            if hasattr(data_iter, "set_stop_check"):  # SIGTERM honoured while the pipeline waits for data
+                data_iter.set_stop_check(lambda: sigterm.hit)
             t_last = time.time()
             while step < end:
-                batch = _model_batch(next(data_iter))
+                try:
+                    batch = _model_batch(next(data_iter))
+                except DataWaitInterrupted:  # the iterator is back at the batch boundary of `step`
+                    if ckpt is not None and step > start:
+                        ckpt.wait()
+                        if ckpt.latest_step() != step:
+                            ckpt.save(step, state, data_iter=data_iter, meta=dict(meta, stage_done=False), force=True)
+                        ckpt.wait()
+                    raise Preempted(f"stage {spec.name}: SIGTERM at step {step} while waiting for data; "
+                                    f"checkpoint saved, exiting") from None
                 if batch["input_ids"].shape[0] != spec.global_batch // jax.process_count():
                     raise ValueError(
                         f"stage {spec.name}: data batch has {batch['input_ids'].shape[0]} rows, expected "

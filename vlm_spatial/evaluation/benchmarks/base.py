@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import base64
 import csv
-import io
 import json
 import string
 import sys
@@ -57,8 +56,10 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
     def load_image(self):
-        """The image as an RGB PIL image (decoded lazily; most of a benchmark is never decoded)."""
-        from PIL import Image
+        """The image as an RGB PIL image, decoded lazily (most of a benchmark is never decoded) by
+        the training data's decoder (`vlm_spatial.data.preprocess.load_image`: EXIF orientation
+        applied, 16-bit scaled), or None for a text-only question."""
+        from vlm_spatial.data.preprocess import load_image
 
         img = self.image
         if isinstance(img, (list, tuple)):  # multi-image rows: the first image
@@ -66,13 +67,13 @@ class Sample:
         if img is None:
             return None
         if self.image_kind == "path":
-            return Image.open(img).convert("RGB")
+            return load_image(img)
         if self.image_kind == "bytes":
-            return Image.open(io.BytesIO(img)).convert("RGB")
+            return load_image(bytes(img))
         if self.image_kind == "base64":
-            return Image.open(io.BytesIO(base64.b64decode(img))).convert("RGB")
+            return load_image(base64.b64decode(img))
         if self.image_kind == "array":
-            return Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
+            return load_image(np.asarray(img, dtype=np.uint8))
         raise ValueError(f"unknown image_kind {self.image_kind!r}")
 
 
