@@ -8,7 +8,9 @@ Runs the config's stages in order (`pretrain`, `finetune`, `eval`; field `run`) 
 the workdir left off: finished stages are skipped, an interrupted stage continues from its newest
 checkpoint with the exact data position, so a rerun of the same command after a crash or a
 preemption (SIGTERM: a checkpoint is written before exit, code 143) ends where an uninterrupted run
-would. The config is turned into the typed `vlm_spatial.runconfig.RunConfig` first: every problem
+would. A rerun whose config differs from the run's in a way that breaks this exactness is refused
+with the difference (`--accept_config_changes` resumes anyway; every start's config is kept in
+WORKDIR/configs/). The config is turned into the typed `vlm_spatial.runconfig.RunConfig` first: every problem
 (and every command-line override the run would not read) is listed with the field to fix. Multi-host
 (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS set): `jax.distributed.initialize()` runs first.
 Run it from the repository root (the configs import `configs.common`).
@@ -22,6 +24,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<variant>.py[:tiny]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, eval outputs")
+_ACCEPT = flags.DEFINE_bool("accept_config_changes", False, "resume even though the config differs from the "
+                            "run's in a way that breaks exact resumption (see README, Reliability)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -68,12 +72,17 @@ def main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from vlm_spatial.data.bad_records import BadRecordError, TooManyBadRecords
+    from vlm_spatial.training.checkpoint import CheckpointSaveError, NoRestorableCheckpoint
+    from vlm_spatial.training.config_drift import ConfigDriftError
     from vlm_spatial.training.job import run_job
     from vlm_spatial.training.loop import NonFiniteLoss, Preempted
 
     try:
-        summary = run_job(run, _WORKDIR.value)
-    except (NonFiniteLoss, TooManyBadRecords, BadRecordError) as e:
+        summary = run_job(run, _WORKDIR.value, accept_config_changes=_ACCEPT.value)
+    except ConfigDriftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteLoss, TooManyBadRecords, BadRecordError, CheckpointSaveError, NoRestorableCheckpoint) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Preempted as e:

@@ -6,6 +6,7 @@
 Workdir layout:
 
   config.json                  the run config of the latest start (`RunConfig.to_dict()`, for the record)
+  configs/attempt-<n>.json     every start's config and machine, never overwritten (`config_drift`)
   synthetic/                   the synthetic set (data.kind='synthetic', generated when absent)
   checkpoints/<stage>/         one model checkpoint per training stage (`training/checkpoint.py`:
                                model_config.json, tokenizer/, <step>/{params,opt_state,train,data,meta})
@@ -13,10 +14,14 @@ Workdir layout:
   eval/                        predictions, metrics.json and report.md of the eval stage
   summary.json                 what the final summary prints
 
-Resuming: a stage whose last checkpoint says `stage_done` is skipped; a stage with a checkpoint
-resumes from its newest one (params, optimizer state, step, RNG and the data iterator's position);
-a fresh stage starts from the previous stage's final params (from memory or its checkpoint), the
-first from `model.init_checkpoint` (or a random init).
+Resuming: the start's config is compared with the previous attempt's (`config_drift`: a change
+that breaks exactness is refused unless accepted, a safe one is logged). A stage whose newest
+checkpoint reached its `num_steps` is skipped; a stage with a checkpoint resumes from its newest one
+that restores (params, optimizer state, step, RNG and the data iterator's position; newer broken ones
+are moved aside, named) - also a finished stage whose `num_steps` was raised, which trains on to the
+new count. A `num_steps` below a stage's checkpoint step is refused. A fresh stage starts from the
+previous stage's final params (from memory or its checkpoint), the first from
+`model.init_checkpoint` (or a random init).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from flax import nnx
 from vlm_spatial import checkpoint, parallel
 from vlm_spatial.models.vlm import VLM, VLMConfig
 from vlm_spatial.runconfig import TRAIN_STAGES, RunConfig
+from vlm_spatial.training import config_drift
 from vlm_spatial.training import data as data_lib
 from vlm_spatial.training import model_init
 from vlm_spatial.training.checkpoint import StageCheckpointer
@@ -77,16 +83,20 @@ def _stage_dir(workdir: str, stage: str) -> str:
     return os.path.join(workdir, "checkpoints", stage)
 
 
-def _finished(stage_dir: str) -> dict | None:
-    """The meta of a stage's last checkpoint if the stage ran to its end, else None."""
-    if not os.path.isdir(stage_dir):
+def _has_steps(stage_dir: str) -> bool:
+    """Whether a stage directory holds any step folder (a stage that has started)."""
+    return os.path.isdir(stage_dir) and any(n.isdigit() for n in os.listdir(stage_dir))
+
+
+def _newest_meta(stage_dir: str) -> dict | None:
+    """The meta of a stage's newest checkpoint whose meta reads, or None."""
+    if not _has_steps(stage_dir):
         return None
     ckpt = StageCheckpointer(stage_dir, save_every=1)
     try:
-        meta = ckpt.read_meta()
+        return ckpt.read_meta()
     finally:
         ckpt.close()
-    return meta if meta and meta.get("stage_done") else None
 
 
 def _done_summary(workdir: str, stage: str, meta: dict) -> dict:
@@ -96,51 +106,112 @@ def _done_summary(workdir: str, stage: str, meta: dict) -> dict:
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
-def run_job(run: RunConfig, workdir: str) -> dict:
+def _check_steps(specs: dict[str, StageSpec], metas: dict[str, dict | None], workdir: str) -> None:
+    """Refuse a stage `num_steps` below the step its checkpoint is at (it cannot be untrained)."""
+    low = [(name, spec, metas[name]) for name, spec in specs.items()
+           if metas.get(name) and spec.num_steps < metas[name]["step"]]
+    if low:
+        lines = "\n".join(
+            f"  stages.{n}.num_steps: {spec.num_steps} steps is below step {meta['step']}, where the checkpoint in "
+            f"{_stage_dir(workdir, n)} is; put at least {meta['step']} ({meta['step']} ends the stage there)"
+            for n, spec, meta in low)
+        raise config_drift.ConfigDriftError(
+            f"a stage's step count is below its checkpoint (set by num_steps, or num_epochs when num_steps=0):\n"
+            f"{lines}\nor use a new --workdir to train the shorter stage from the start")
+
+
+def _check_config(run: RunConfig, workdir: str, mesh, accept: bool) -> tuple[dict, list]:
+    """Compare this start with the previous attempt (`config_drift.check`: raises on unsafe
+    changes unless `accept`, logs the others). Returns (this attempt's record, the changes)."""
+    started = [s for s in TRAIN_STAGES if _has_steps(_stage_dir(workdir, s))]
+    record = config_drift.attempt_record(run.to_dict(), mesh.shape)
+    changes = config_drift.check(config_drift.latest_attempt(workdir, say), record, started, TRAIN_STAGES,
+                                 accept=accept, log=say)
+    return record, changes
+
+
+def _record_attempt(run: RunConfig, workdir: str, record: dict, changes: list) -> None:
+    """This start as `configs/attempt-<n>.json` (kept) and `config.json` (the latest start)."""
+    path = config_drift.write_attempt(workdir, record, changes)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(run.to_dict(), f, indent=1)
+    say(f"config recorded in {path}")
+
+
+def _resume(ckpt: StageCheckpointer, setup, spec: StageSpec, meta: dict, it):
+    """The state of a stage resumed from the newest checkpoint of `ckpt` that restores (None when
+    none exists). When the checkpoint's optimizer state is for other trainable parts or clipping (an
+    accepted config change), the params, step, RNG and data position are restored and the optimizer
+    starts fresh."""
+    saved_parts = tuple(meta.get("trainable_parts") or spec.trainable_parts)
+    saved_clip = bool(meta.get("max_grad_norm", spec.max_grad_norm))
+    fresh_opt = saved_parts != tuple(spec.trainable_parts) or saved_clip != bool(spec.max_grad_norm)
+    out = ckpt.restore_latest(setup.abstract_state, setup.state_shardings, data_iter=it, opt_state=not fresh_opt,
+                              log=say)
+    if out is None:
+        return None
+    state, meta = out
+    if fresh_opt:
+        say(f"{spec.name}: the checkpoint's optimizer state is for trainable parts {', '.join(saved_parts)} "
+            f"(clipping {'on' if saved_clip else 'off'}); restored the weights, step and data position and "
+            f"started the optimizer state fresh for {', '.join(spec.trainable_parts)}")
+        fresh = setup.init_state(state["params"])
+        state = dict(fresh, step=state["step"], rng=state["rng"])
+    say(f"{spec.name}: resuming at step {meta['step']}/{spec.num_steps} from {ckpt.directory}")
+    return state
+
+
+def run_job(run: RunConfig, workdir: str, *, accept_config_changes: bool = False) -> dict:
     """Run `run.run` in `workdir` (resuming where it left off); returns the summary dict
     `{'stages': [per-stage summary], 'eval': {benchmark: metrics} | None, 'workdir': ...}`.
 
-    Raises `loop.NonFiniteLoss` (NaN/inf loss; last good checkpoint kept) and `loop.Preempted`
-    (SIGTERM; checkpoint saved)."""
+    Raises `config_drift.ConfigDriftError` (a config change that breaks exact resumption, unless
+    `accept_config_changes`; a `num_steps` below a checkpoint), `loop.NonFiniteLoss` (NaN/inf loss or
+    weights; last good checkpoint kept), `loop.Preempted` (SIGTERM; checkpoint saved),
+    `checkpoint.CheckpointSaveError` (a save failed) and `checkpoint.NoRestorableCheckpoint`."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
     say(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es); "
         f"mesh {dict(mesh.shape)}")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(run.to_dict(), f, indent=1)
+    record, changes = _check_config(run, workdir, mesh, accept_config_changes)
     synth = data_lib.ensure_synthetic(run, workdir, say) if run.data.kind == "synthetic" else None
     tok_dir = data_lib.tokenizer_dir(run, synth)
     if "eval" in run.run and run.data.kind != "synthetic":  # a missing benchmark file fails now, not after training
         from vlm_spatial.evaluation.runner import load_benchmarks
 
         load_benchmarks(run.eval.benchmarks, os.path.expanduser(run.eval.data_root), limit=1)
+    specs = {s: stage_spec(run, s, data_lib.count_records(data_lib.stage_files(run, s, synth)[0]))
+             for s in run.train_stages}
+    metas = {s: _newest_meta(_stage_dir(workdir, s)) for s in TRAIN_STAGES}
+    _check_steps(specs, metas, workdir)
+    _record_attempt(run, workdir, record, changes)
     vlm_cfg, ckpt_cfg = resolve_model(run, tok_dir)
     model_fn = lambda: VLM(vlm_cfg, rngs=nnx.Rngs(run.seed))  # noqa: E731
     summaries, params, last_dir = [], None, None
     for stage in TRAIN_STAGES:
-        stage_dir = _stage_dir(workdir, stage)
-        done = _finished(stage_dir)
-        if stage not in run.run or done:
-            if done:
+        stage_dir, meta = _stage_dir(workdir, stage), metas[stage]
+        if stage not in run.run:
+            if meta and meta.get("stage_done"):
                 last_dir, params = stage_dir, None
-                if stage in run.run:
-                    say(f"{stage}: finished earlier (step {done['step']}), skipped")
-                    summaries.append(_done_summary(workdir, stage, done))
             continue
-        data_file, _ = data_lib.stage_files(run, stage, synth)
-        spec = stage_spec(run, stage, data_lib.count_records(data_file))
+        spec = specs[stage]
+        if meta and meta["step"] >= spec.num_steps:
+            say(f"{stage}: finished earlier (step {meta['step']}), skipped")
+            summaries.append(_done_summary(workdir, stage, meta))
+            last_dir, params = stage_dir, None
+            continue
+        if meta and meta.get("stage_done"):
+            say(f"{stage}: finished earlier at step {meta['step']}; num_steps is now {spec.num_steps}, so the stage "
+                f"continues from its checkpoint (its lr schedule spans {spec.num_steps} steps)")
         setup = build_stage(model_fn, mesh, spec)
         it = data_lib.stage_pipeline(run, stage, vlm_cfg, tok_dir, synth)
         ckpt = StageCheckpointer(stage_dir, save_every=run.checkpoint.save_every,
                                  max_to_keep=run.checkpoint.keep, async_save=run.checkpoint.async_save)
         try:
-            latest = ckpt.latest_step()
-            if latest is not None:
-                say(f"{stage}: resuming at step {latest}/{spec.num_steps} from {stage_dir}")
-                state, _ = ckpt.restore(latest, setup.abstract_state, setup.state_shardings, data_iter=it)
-            else:
+            state = _resume(ckpt, setup, spec, meta or {}, it) if _has_steps(stage_dir) else None
+            if state is None:
                 if params is None and last_dir is not None:
                     say(f"{stage}: starting from {last_dir}")
                     params = model_init.load_initial_params(last_dir, vlm_cfg, vlm_cfg, setup.params_shardings, mesh)
@@ -157,7 +228,8 @@ def run_job(run: RunConfig, workdir: str) -> dict:
             _describe(setup, spec, mesh)
             state, summary = train_stage(
                 setup, state, it, ckpt, workdir=workdir,
-                meta={"variant": run.variant, "trainable_parts": list(spec.trainable_parts)},
+                meta={"variant": run.variant, "trainable_parts": list(spec.trainable_parts),
+                      "max_grad_norm": spec.max_grad_norm},
                 image_tokens=vlm_cfg.num_image_tokens, lm_layers=vlm_cfg.decoder.num_layers,
                 lm_width=vlm_cfg.decoder.hidden_size, tensorboard=run.log.tensorboard,
                 progress=run.log.progress,

@@ -1,6 +1,12 @@
 """The thin training loop around the pure step: sharded set-up, progress bar, metrics, checkpoints,
 NaN stop and SIGTERM (preemption) save.
 
+The NaN stop checks the loss and the updated weights and optimizer state (in the jitted step), so a
+state that is saved is always finite. Preemption: in one process a SIGTERM handler sets a flag; in a
+multi-process job JAX's preemption service (started by `jax.distributed.initialize`) spreads one
+host's SIGTERM to all, and `CheckpointManager.reached_preemption(step)` is true on every host at the
+same step, where all save that step and exit.
+
     setup = build_stage(model_fn, mesh, StageSpec(...))
     state = setup.init_state()                       # sharded, never whole on one device
     state, summary = train_stage(setup, state, data_iter, ckpt, workdir=...)
@@ -24,8 +30,8 @@ from jax.sharding import Mesh
 from vlm_spatial import parallel
 from vlm_spatial.data.pipeline import DataWaitInterrupted
 from vlm_spatial.training import mfu as mfu_lib
-from vlm_spatial.training.checkpoint import StageCheckpointer
-from vlm_spatial.training.optimizer import check_parts, lr_schedule, make_optimizer
+from vlm_spatial.training.checkpoint import StageCheckpointer, all_finite
+from vlm_spatial.training.optimizer import check_parts, lr_schedule, make_optimizer, split_params
 from vlm_spatial.training.step import (
     MODEL_INPUTS,
     init_train_state,
@@ -36,7 +42,8 @@ from vlm_spatial.training.step import (
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept on disk."""
+    """The loss, or the weights after an update, became NaN/inf; nothing non-finite was saved and
+    the last good checkpoint is kept on disk."""
 
 
 class Preempted(SystemExit):
@@ -100,12 +107,24 @@ class StageSetup:
         """The jitted, sharded train step for batches with `batch`'s keys and ranks."""
         key = tuple(sorted((k, np.ndim(v)) for k, v in batch.items()))
         if key not in self._step_fns:
-            fn = make_train_step(
+            fn = _with_weights_check(make_train_step(
                 self.graphdef, self.abstract_params, self.rest, self.tx, self.schedule,
                 self.spec.trainable_parts, self.spec.grad_accum_steps,
-            )
+            ), self.spec.trainable_parts)
             self._step_fns[key] = jit_train_step(fn, self.state_shardings, parallel.batch_shardings(batch, self.mesh))
         return self._step_fns[key]
+
+
+def _with_weights_check(train_step, trainable_parts):
+    """`train_step` whose metrics also hold 'weights_finite' (bool []): every floating value of the
+    updated trainable params and optimizer state is finite, i.e. the new state may be saved."""
+
+    def step(state, batch):
+        new_state, metrics = train_step(state, batch)
+        trainable, _ = split_params(new_state["params"], trainable_parts)
+        return new_state, dict(metrics, weights_finite=all_finite((trainable, new_state["opt_state"])))
+
+    return step
 
 
 def build_stage(model_fn: Callable[[], nnx.Module], mesh: Mesh, spec: StageSpec) -> StageSetup:
@@ -173,19 +192,37 @@ def read_metrics(workdir: str, stage: str | None = None) -> dict[int, dict]:
     return out
 
 
-class _SigtermFlag:
-    """Installs a SIGTERM handler that only sets a flag (the loop saves, then exits)."""
+class _Preemption:
+    """When to save and stop for a preemption notice (SIGTERM). One process: a SIGTERM handler that
+    only sets a flag. Several processes: Orbax's preemption sync point (JAX's coordination service
+    spreads the notice and picks one step for every host; its own handler catches SIGTERM, so none
+    is installed here), as MaxText's train loop does."""
 
-    def __init__(self):
+    def __init__(self, ckpt: StageCheckpointer | None):
         self.hit = False
         self._old = None
+        self._ckpt = ckpt
+        self.multihost = jax.process_count() > 1
 
     def __enter__(self):
+        if self.multihost:
+            return self
         try:
             self._old = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no handler
             self._old = None
         return self
+
+    def reached(self, step: int) -> bool:
+        """Whether to save `step` and stop (call once after every step, on every process)."""
+        if self.multihost:
+            if self._ckpt is not None:
+                self.hit = self._ckpt.manager.reached_preemption(step)
+            else:
+                from jax.experimental import multihost_utils
+
+                self.hit = multihost_utils.reached_preemption_sync_point(step)
+        return self.hit
 
     def _handle(self, signum, frame):
         self.hit = True
@@ -193,6 +230,26 @@ class _SigtermFlag:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+def _nonfinite_message(spec: StageSpec, step: int, m: dict, ckpt: StageCheckpointer | None) -> str:
+    """The NaN stop's message: the step, what was non-finite, the last good checkpoint, and a rerun
+    that does not fail the same way (a lower lr, accepted as a config change when resuming)."""
+    last = ckpt.latest_step() if ckpt is not None else None
+    if math.isfinite(m["loss"]):
+        what = (f"the update of step {step} made the weights or optimizer state NaN/inf (loss {m['loss']:.4g}, "
+                f"grad norm {m['grad_norm']:.4g}, lr {m['lr']:.4g}); stopping without saving them")
+    else:
+        what = f"loss is {m['loss']} at step {step}; stopping"
+    flag = f"--config.stages.{spec.name}.lr={spec.lr / 10:g}"
+    if last is None:
+        advice = (f"No checkpoint of this stage was written, so a rerun starts the stage over: rerun with a "
+                  f"lower lr, e.g. {flag} (or check the data).")
+    else:
+        advice = (f"The same command would resume from step {last} and fail the same way: rerun with a lower "
+                  f"lr, e.g. {flag} --accept_config_changes (or check the data).")
+    return (f"stage {spec.name}: {what}. Last good checkpoint: step {last} in "
+            f"{ckpt.directory if ckpt else '(none)'}. {advice}")
 
 
 def _model_batch(batch: dict) -> dict:
@@ -219,8 +276,9 @@ def train_stage(
     `max_steps` steps in this call, for tests). Saves every `ckpt` interval and at stage end.
 
     `data_iter` yields global numpy batches (batch contract). Returns `(state, summary)`, summary
-    with first/last loss, steps run, wall time and mean tokens/s. Raises `NonFiniteLoss` on
-    NaN/inf (no save of the bad state) and `Preempted` after a final save on SIGTERM.
+    with first/last loss, steps run, wall time and mean tokens/s. Raises `NonFiniteLoss` on a
+    NaN/inf loss or updated weights (no save of the bad state), `Preempted` after a final save on
+    SIGTERM (every host the same step), `checkpoint.CheckpointSaveError` when a save fails.
     """
     from tqdm.auto import tqdm
 
@@ -239,9 +297,9 @@ def train_stage(
     t_begin = time.time()
     step = start
     try:
-        with _SigtermFlag() as sigterm:
-            if hasattr(data_iter, "set_stop_check"):  # SIGTERM honoured while the pipeline waits for data
-                data_iter.set_stop_check(lambda: sigterm.hit)
+        with _Preemption(ckpt) as preemption:
+            if hasattr(data_iter, "set_stop_check") and not preemption.multihost:
+                data_iter.set_stop_check(lambda: preemption.hit)  # SIGTERM honoured while waiting for data
             t_last = time.time()
             while step < end:
                 try:
@@ -262,6 +320,7 @@ def train_stage(
                 fn = setup.step_fn(batch)
                 state, metrics = fn(state, parallel.shard_batch(batch, setup.mesh))
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                weights_finite = m.pop("weights_finite") == 1.0
                 step += 1
                 now = time.time()
                 dt, t_last = now - t_last, now
@@ -280,27 +339,24 @@ def train_stage(
                 record = {"stage": spec.name, "step": step, **m, "tokens_per_s": tps, "mfu": mfu,
                           "step_time_s": dt, "time": now, **(bad.as_metrics() if bad is not None else {})}
                 writer.write(record)
-                if not math.isfinite(m["loss"]):
+                if not math.isfinite(m["loss"]) or not weights_finite:
                     if ckpt is not None:
                         ckpt.wait()
-                    last = ckpt.latest_step() if ckpt is not None else None
-                    raise NonFiniteLoss(
-                        f"stage {spec.name}: loss is {m['loss']} at step {step}; stopping. Last good "
-                        f"checkpoint: step {last} in {ckpt.directory if ckpt else '(none)'}. Lower the lr "
-                        f"(--config.stages.{spec.name}.lr) or check the data."
-                    )
+                    raise NonFiniteLoss(_nonfinite_message(spec, step, m, ckpt))
                 post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}", "tok/s": f"{tps:,.0f}"}
                 post["mfu"] = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 stage_done = step >= spec.num_steps
+                preempted = preemption.reached(step)
                 if ckpt is not None:
                     ckpt.save(step, state, data_iter=data_iter, meta=dict(meta, stage_done=stage_done),
-                              force=stage_done or sigterm.hit)
-                if sigterm.hit:
+                              force=stage_done or preempted)
+                if preempted:
                     if ckpt is not None:
                         ckpt.wait()
-                    raise Preempted(f"stage {spec.name}: SIGTERM at step {step}; checkpoint saved, exiting")
+                    raise Preempted(f"stage {spec.name}: SIGTERM at step {step}; checkpoint saved"
+                                    f"{' (every process)' if preemption.multihost else ''}, exiting")
     finally:
         bar.close()
         writer.close()
