@@ -9,6 +9,10 @@ model knobs below, so their results compare side by side.
 
   encoder_rope   the paper: axial 2D-RoPE in every encoder layer, learned table kept, LLaVA's MLP connector
   learned_only   LLaVA-1.5: the learned absolute table only, 1D positions after the connector
+  pooled_grid    encoder_rope with 'pool2d': 2x2 average pooling keeps the grid with 4x fewer tokens
+  abstractor     encoder_rope with Honeybee's 'c_abstractor': ResNet blocks around adaptive pooling
+  resampler      encoder_rope with a Perceiver 'resampler' (as many tokens as the abstractor): the grid
+                 discarded after the encoder - the control arm
 """
 from configs import common
 
@@ -17,6 +21,9 @@ ENCODER = "clip-l/14-336"
 EXPERIMENTS = {
     "encoder_rope": ("clip_2drope", dict(rope2d=True)),
     "learned_only": ("clip", dict(rope2d=False)),
+    "pooled_grid": ("positions_pooled_grid", dict(rope2d=True, connector="pool2d")),
+    "abstractor": ("positions_abstractor", dict(rope2d=True, connector="c_abstractor")),
+    "resampler": ("positions_resampler", dict(rope2d=True, connector="resampler")),
 }
 DEFAULT = "encoder_rope"
 

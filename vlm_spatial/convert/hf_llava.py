@@ -141,7 +141,8 @@ def hf_entries(cfg: VLMConfig) -> list[namemap.Entry]:
     """The name map of `VLM(cfg)`: canonical LLaVA names <-> paths under 'vision', 'projector',
     'decoder'."""
     p = cfg.projector_config
-    projector = hf_decoder.projector_entries(p.kind, p.vision_dim, p.text_dim, p.use_bias)
+    projector = hf_decoder.projector_entries(p.kind, p.vision_dim, p.text_dim, p.use_bias,
+                                             **{s: getattr(p, s) for s in connectors.SETTINGS})
     return (
         namemap.under(hf_vision.hf_entries(cfg.vision), VISION, ("vision",))
         + namemap.under(projector, PROJECTOR, ("projector",))
