@@ -23,6 +23,8 @@ refused):
   The knobs below apply alike to a random init and to a checkpoint, and are recorded in every
   checkpoint's model_config.json (`vlm_spatial.load` restores them):
   model.rope2d, rope2d_theta   2D rotary embedding in the encoder's attention (the paper's variants), its base
+  model.rope2d_layout      'axial' (the paper's) | 'pixtral' | 'dinov3' | 'mixed' (RoPE-Mixed, learned) | ''
+                           (the encoder's own); see vlm_spatial/models/positions/rope2d.py
   model.rope2d_layers      encoder layers that rotate q and k, e.g. "(0, 1)"; None = every layer
   model.keep_abs_pos_emb   with rope2d: keep the learned absolute position table (False drops it)
   model.image_size         input side in pixels (the paper resizes every image to 256x256); a learned
@@ -30,8 +32,11 @@ refused):
                            pixels' worth of patches
   model.vision_feature_layer   encoder hidden state the projector reads (-2: LLaVA's penultimate layer)
   model.vision_feature_select  'default' (drop CLS) | 'full' (every token) | '' (the family's: CLIP drops CLS)
-  model.connector          projector kind: 'mlp2x_gelu' (LLaVA-1.5) | 'linear'; with a checkpoint whose
-                           projector is of another kind, a fresh one is initialised (seed)
+  model.connector          projector kind: 'mlp2x_gelu' (LLaVA-1.5) | 'linear' | 'pool2d' | 'c_abstractor'
+                           | 'resampler' (vlm_spatial/models/connectors/); with a checkpoint whose projector
+                           is of another kind or settings, a fresh one is initialised (seed)
+  model.connector_pool, connector_grid, connector_num_queries, connector_depth   its settings: pool2d's k,
+                           c_abstractor's output side, resampler's queries, blocks (c_abstractor, resampler)
   model.dtype / param_dtype    compute dtype (bf16) / master weights (fp32); the loss is fp32
   model.remat_policy       'none' | 'dots' | 'full' (activation recomputation in both towers)
   data.kind                'llava' (LLaVA JSON + image folders, per stage below) | 'synthetic'
@@ -109,6 +114,7 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         vision_overrides={},
         decoder_overrides={},
         rope2d=rope2d,
+        rope2d_layout="",  # the encoder's own: axial (DINOv3: dinov3)
         rope2d_theta=100.0,
         rope2d_layers=config_dict.placeholder(tuple),  # None = every encoder layer
         keep_abs_pos_emb=True,
@@ -116,6 +122,10 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         vision_feature_layer=-2,
         vision_feature_select="",  # the family's: CLIP drops CLS, the others keep every token
         connector="mlp2x_gelu",
+        connector_pool=2,  # pool2d: k x k
+        connector_grid=12,  # c_abstractor: a 12 x 12 grid (Honeybee's 144 tokens)
+        connector_num_queries=144,  # resampler: as many tokens as the C-Abstractor's
+        connector_depth=3,  # c_abstractor: ResNet blocks per stage (Honeybee's); resampler: blocks
         dtype="bfloat16",
         param_dtype="float32",
         remat_policy="full",
@@ -160,6 +170,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.decoder_overrides = dict(hidden_size=128, intermediate_size=256, num_layers=3, num_heads=8,
                                      num_kv_heads=8, head_dim=16, max_position_embeddings=256)
     c.model.image_size = 32
+    c.model.connector_grid, c.model.connector_num_queries, c.model.connector_depth = 2, 4, 1
     c.model.dtype = "float32"  # CPU: bf16 matmuls are emulated and slower
     c.model.remat_policy = "none"
     c.data.kind = "synthetic"

@@ -296,11 +296,19 @@ def test_pickle_only_directory_is_refused_with_the_fix(tmp_path, capsys):
 
 
 def test_linear_projector_cannot_go_to_transformers(tmp_path, capsys):
+    """transformers has no LLaVA with a 'linear' projector: to-hf says so plainly and writes what
+    from-hf reads back (tests/test_export_parts.py checks the round trip of every connector)."""
     vdir, _ = vision_dir(tmp_path, "siglip")
     ldir, _ = lm_dir(tmp_path, "qwen2", 80)
     cli("assemble", "--vision", vdir, "--lm", ldir, "--out", tmp_path / "ckpt", "--projector", "linear")
-    err = fails_with(capsys, "to-hf", "--src", tmp_path / "ckpt", "--out", tmp_path / "hf")
-    assert "projector 'linear' has no transformers equivalent" in err and not os.path.exists(tmp_path / "hf")
+    capsys.readouterr()
+    cli("to-hf", "--src", tmp_path / "ckpt", "--out", tmp_path / "hf")
+    out = capsys.readouterr().out
+    assert "transformers cannot run this model: it has no counterpart of the 'linear' connector" in out
+    assert json.load(open(tmp_path / "hf" / "config.json"))["model_type"] == hf_llava.NOT_LLAVA
+    assert os.path.exists(tmp_path / "hf" / "tokenizer_config.json")
+    cli("from-hf", "--src", tmp_path / "hf", "--out", tmp_path / "back")
+    assert checkpoint.read_config(str(tmp_path / "back")) == checkpoint.read_config(str(tmp_path / "ckpt"))
 
 
 # ----------------------------------------------------------------------------- memory

@@ -15,8 +15,8 @@ does not read (`RunConfig.ignored`) is a problem when it was set explicitly (`ov
 command line's `--config.<field>` flags). All problems are raised together in one `ConfigError`, each
 line naming the `--config.<field>` to fix.
 
-The model knobs (`ModelConfig`: 2D-RoPE on/off, theta, layers, the learned absolute table, image
-size, feature layer and selection, connector, dtypes, remat) are laid over the base architecture by
+The model knobs (`ModelConfig`: 2D-RoPE on/off, layout, theta, layers, the learned absolute table,
+image size, feature layer and selection, connector and its settings, dtypes, remat) are laid over the base architecture by
 `ModelConfig.vlm_config` in the same way on both paths: the base is the presets `model.vision` /
 `model.decoder` with `model.*_overrides` for a random init, or the checkpoint's `model_config.json`.
 """
@@ -31,7 +31,7 @@ import typing
 from typing import Any, Callable, Iterable, Mapping
 
 from vlm_spatial import checkpoint, parallel
-from vlm_spatial.models import connectors, families, layers, presets
+from vlm_spatial.models import connectors, families, layers, positions, presets
 from vlm_spatial.models.decoder import DECODER_PRESETS, DecoderConfig
 from vlm_spatial.models.families import VISION_PRESETS
 from vlm_spatial.models.vision import VisionConfig
@@ -45,8 +45,8 @@ SYNTHETIC_SPLITS = ("pretrain", "train")  # the synthetic set's training files (
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 # VisionConfig / DecoderConfig fields the run sets from its own model.<field> (never through *_overrides)
-VISION_KNOBS = ("rope2d", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "image_size", "dtype", "param_dtype",
-                "remat_policy")
+VISION_KNOBS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "image_size", "dtype",
+                "param_dtype", "remat_policy")
 DECODER_KNOBS = ("dtype", "param_dtype", "remat_policy")
 DECODER_FROM_TOKENIZER = ("vocab_size",)  # set from the tokenizer the data is encoded with
 
@@ -209,6 +209,7 @@ class ModelConfig:
     vision_overrides: Mapping[str, Any] = _field()
     decoder_overrides: Mapping[str, Any] = _field()
     rope2d: bool = _field()
+    rope2d_layout: str = _field(choices=lambda: ("",) + tuple(positions.ROPE2D))  # '' = the encoder's own
     rope2d_theta: float = _field(lo=0, lo_open=True)
     rope2d_layers: tuple[int, ...] | None = _field()  # None = every encoder layer
     keep_abs_pos_emb: bool = _field()  # with rope2d: still add the learned absolute table
@@ -216,6 +217,10 @@ class ModelConfig:
     vision_feature_layer: int = _field()
     vision_feature_select: str = _field(choices=lambda: ("",) + FEATURE_SELECT)  # '' = the family's
     connector: str = _field(choices=connectors.names)
+    connector_pool: int = _field(lo=1)  # the connector settings (connectors.SETTINGS), each read by some kinds
+    connector_grid: int = _field(lo=1)
+    connector_num_queries: int = _field(lo=1)
+    connector_depth: int = _field(lo=1)
     dtype: str = _field(choices=lambda: DTYPES)
     param_dtype: str = _field(choices=lambda: PARAM_DTYPES)
     remat_policy: str = _field(choices=lambda: tuple(layers.REMAT_POLICIES))
@@ -261,7 +266,8 @@ class ModelConfig:
         else:
             base = checkpoint
         try:
-            vision = dataclasses.replace(base.vision, **{k: getattr(self, k) for k in VISION_KNOBS if k != "image_size"})
+            knobs = {k: getattr(self, k) for k in VISION_KNOBS if k != "image_size" and getattr(self, k) != ""}
+            vision = dataclasses.replace(base.vision, **knobs)
         except (ValueError, TypeError) as e:
             m = _VISION_FIELD.search(str(e))
             knob = m.group(1) if m and m.group(1) in VISION_KNOBS else (where or "vision_overrides")
@@ -273,8 +279,14 @@ class ModelConfig:
                                f"{layers_out} hidden states; put a value in [-{layers_out}, {layers_out - 1}]"])
         decoder = dataclasses.replace(base.decoder, **{k: getattr(self, k) for k in DECODER_KNOBS})
         select = self.vision_feature_select or families.get(vision.family).feature_select
-        return dataclasses.replace(base, vision=vision, decoder=decoder, projector=self.connector,
-                                   vision_feature_layer=self.vision_feature_layer, vision_feature_select=select)
+        settings = {f"projector_{k}": getattr(self, f"connector_{k}") for k in connectors.SETTINGS}
+        try:
+            return dataclasses.replace(base, vision=vision, decoder=decoder, projector=self.connector,
+                                       vision_feature_layer=self.vision_feature_layer, vision_feature_select=select,
+                                       **settings)
+        except ValueError as e:
+            named = [k for k in connectors.reads(self.connector) if f"{k}=" in str(e)]
+            raise ConfigError([f"connector{'_' + named[0] if named else ''}: {e}"]) from None
 
     def check_checkpoint(self, data_kind: str) -> list[str]:
         """Problems of the initial checkpoint (none for a random init): missing files, an encoder of
@@ -493,7 +505,7 @@ class RunConfig:
     def ignored(self) -> dict[str, str]:
         """{field or section: why this run does not read it}. Setting one explicitly is an error."""
         return ignored_fields(self.data.kind, self.model.random_init, self.model.rope2d,
-                              {s: st.num_steps for s, st in self.stages.items()})
+                              {s: st.num_steps for s, st in self.stages.items()}, self.model.connector)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict with the field names of the ConfigDict it came from (JSON-ready)."""
@@ -501,10 +513,11 @@ class RunConfig:
 
 
 def ignored_fields(data_kind: str | None, random_init: bool | None, rope2d: bool | None,
-                   num_steps: Mapping[str, int]) -> dict[str, str]:
+                   num_steps: Mapping[str, int], connector: str | None = None) -> dict[str, str]:
     """{field or section: why no stage of the job reads it}, for a job on `data_kind` data, from a
-    random init or not, with 2D-RoPE or not, with the training stages' `num_steps`. A rule whose
-    switch is None (unknown: that part of the config has problems of its own) is left out.
+    random init or not, with 2D-RoPE or not, with the training stages' `num_steps` and `connector`
+    (the settings it does not read). A rule whose switch is None (unknown: that part of the config
+    has problems of its own) is left out.
 
     The settings of a stage left out of `run` are not ignored: a later start of the same job (the
     same command with another `run`, as when resuming) reads them, so they stay part of its config."""
@@ -523,11 +536,16 @@ def ignored_fields(data_kind: str | None, random_init: bool | None, rope2d: bool
         out["model.init_checkpoint"] = "model.random_init=True"
     elif random_init is False:
         why = ("the checkpoint's architecture is used (model.vision only names the encoder family it must "
-               "hold); change it with the knobs model.rope2d, rope2d_theta, rope2d_layers, keep_abs_pos_emb, "
-               "image_size, vision_feature_layer, vision_feature_select, connector, or assemble another one")
+               "hold); change it with the knobs model.rope2d, rope2d_layout, rope2d_theta, rope2d_layers, "
+               "keep_abs_pos_emb, image_size, vision_feature_layer, vision_feature_select, connector (and its "
+               "settings), or assemble another one")
         out.update({f"model.{k}": why for k in ("vision", "decoder", "vision_overrides", "decoder_overrides")})
     if rope2d is False:
-        out.update({f"model.{k}": "model.rope2d=False" for k in ("rope2d_theta", "rope2d_layers", "keep_abs_pos_emb")})
+        out.update({f"model.{k}": "model.rope2d=False" for k in ("rope2d_layout", "rope2d_theta", "rope2d_layers",
+                                                                  "keep_abs_pos_emb")})
+    if connector in connectors.names():
+        out.update({f"model.connector_{k}": f"model.connector={connector!r} does not read it"
+                    for k in connectors.SETTINGS if k not in connectors.reads(connector)})
     return out
 
 
@@ -686,7 +704,7 @@ def parse(config, num_devices: int, num_processes: int = 1, *, overrides: Iterab
         if evals is not None and "eval" in names:
             problems += _under("eval", evals.check_paths(kind))
     ignored = ignored_fields(kind, model_parts.get("random_init"), model_parts.get("rope2d"),
-                             {s: st.num_steps for s, st in stages.items()})
+                             {s: st.num_steps for s, st in stages.items()}, model_parts.get("connector"))
     for field in overrides:
         why = next((w for prefix, w in ignored.items()
                     if field == prefix or field.startswith(prefix + ".") or prefix.startswith(field + ".")), None)

@@ -13,6 +13,7 @@ key, zero position table where the encoder has none); transformers runs them wit
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -21,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vlm_spatial import checkpoint
-from vlm_spatial.convert import hf_io, hf_llava, namemap
+from vlm_spatial.convert import hf_io, hf_llava, hf_vision, namemap
 from vlm_spatial.convert import params as params_lib
 from vlm_spatial.models import families
 from vlm_spatial.models.vlm import VLM, VLMConfig
@@ -33,11 +34,15 @@ def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
     """Tokenizer and processor files so that `LlavaProcessor.from_pretrained(out)` works offline
     and expands `<image>` to `cfg.num_image_tokens` tokens. `preprocessor_config.json` is written
     too, for tools that read the image processor from there (transformers 5 keeps it inside
-    `processor_config.json`)."""
+    `processor_config.json`). A model transformers cannot run gets the tokenizer and the image
+    processor only (LlavaProcessor would count the patches, not the connector's tokens)."""
     from transformers import LlavaProcessor
 
     images = families.get(cfg.vision.family).image_processor(cfg.vision)
     images.save_pretrained(out)
+    if not hf_llava.runnable(cfg):
+        tokenizer.save_pretrained(out)
+        return
     LlavaProcessor(
         image_processor=images, tokenizer=tokenizer, patch_size=cfg.vision.patch_size,
         vision_feature_select_strategy=cfg.vision_feature_select,
@@ -47,18 +52,37 @@ def write_processor(out: str, cfg: VLMConfig, tokenizer) -> None:
 
 
 def write_config(out: str, cfg: VLMConfig, dtype: str) -> None:
-    """config.json of `LlavaForConditionalGeneration` for `cfg` (validated by transformers)."""
+    """config.json of `LlavaForConditionalGeneration` for `cfg` (validated by transformers); for a
+    model it cannot run, the same with model_type `hf_llava.NOT_LLAVA`."""
     from transformers import LlavaConfig
 
-    hf_cfg = LlavaConfig.from_dict(hf_llava.config_to_hf(cfg))
+    hf = hf_llava.config_to_hf(cfg)
+    hf_cfg = LlavaConfig.from_dict({**hf, "model_type": "llava"})
     hf_cfg.dtype = dtype
-    hf_cfg.save_pretrained(out)
+    if hf_llava.runnable(cfg):
+        hf_cfg.save_pretrained(out)
+        return
+    d = {**hf_cfg.to_dict(), "model_type": hf["model_type"], "architectures": hf["architectures"]}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(d, f, indent=2, sort_keys=True)
 
 
 def notes(cfg: VLMConfig) -> list[str]:
     """What a user of the exported directory must know (printed by the CLI): the settings
     transformers ignores, and the tensors written only for it."""
     out = []
+    if not hf_llava.runnable(cfg):
+        out.append(
+            f"transformers cannot run this model: it has no counterpart of the {cfg.projector!r} connector "
+            f"(multi_modal_projector.*; LlavaForConditionalGeneration's projector is linear_1-gelu-linear_2), so "
+            f"config.json's model_type is {hf_llava.NOT_LLAVA!r} and AutoModel refuses it. The encoder "
+            "(vision_tower.*, config.json['vision_config']) and the LM (language_model.*, ['text_config']) are "
+            "plain transformers models; `python -m vlm_spatial.convert from-hf` reads the whole model back exactly."
+        )
+    extra = hf_vision.extra_tensors(cfg.vision)
+    if extra:
+        out.append(f"the learned rotary frequencies of the {cfg.vision.rope2d_layout!r} layout are written as "
+                   f"{hf_llava.VISION}{extra[0]} (one per layer), which transformers reports as unused")
     kept = hf_llava.ignored(cfg)
     rope = {k: v for k, v in kept.items() if k.startswith("rope2d")}
     if rope.get("rope2d"):
@@ -82,8 +106,9 @@ def to_hf(src: str, out: str, *, dtype: str | None = None, max_shard_size: int |
     """Export the vlm_spatial checkpoint `src` to the Hugging Face directory `out` (module
     docstring) with tensors in `dtype` (default: the checkpoint's param dtype). Returns `notes`.
 
-    Raises ValueError for a model transformers cannot express (e.g. a 'linear' projector) and
-    FileExistsError for a non-empty `out`.
+    A model transformers cannot run (a connector LLaVA lacks) is written all the same, with what
+    `from-hf` needs to read it back; `notes` says so. Raises ValueError for a model whose encoder
+    or LM transformers' configs cannot express, FileExistsError for a non-empty `out`.
     """
     cfg = checkpoint.read_config(src)
     dtype = dtype or cfg.decoder.param_dtype

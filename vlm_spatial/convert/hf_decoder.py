@@ -202,13 +202,15 @@ def params_to_hf(params: dict, cfg: DecoderConfig) -> dict[str, np.ndarray]:
     return dict(namemap.write(hf_entries(cfg), params))
 
 
-def projector_entries(kind: str, vision_dim: int, text_dim: int, use_bias: bool = True) -> list[namemap.Entry]:
+def projector_entries(kind: str, vision_dim: int, text_dim: int, use_bias: bool = True,
+                      **settings) -> list[namemap.Entry]:
     """The name map of the connector `kind` as `namemap.Entry`s, HF names relative to
     'multi_modal_projector.' (for 'mlp2x_gelu': 'linear_1.weight' `[D, Dv]`, 'linear_1.bias' `[D]`,
-    'linear_2.weight' `[D, D]`, 'linear_2.bias'), from the connector's name table."""
+    'linear_2.weight' `[D, D]`, 'linear_2.bias'), from the connector's name table; `settings` are
+    its `ProjectorConfig` settings (`connectors.SETTINGS`: depth, ...)."""
     from vlm_spatial.convert.params import param_shapes
 
-    cfg = ProjectorConfig(kind=kind, vision_dim=vision_dim, text_dim=text_dim, use_bias=use_bias)
+    cfg = ProjectorConfig(kind=kind, vision_dim=vision_dim, text_dim=text_dim, use_bias=use_bias, **settings)
     shapes = param_shapes(lambda: connectors.build(cfg, rngs=nnx.Rngs(0)))
     return namemap.table_entries(connectors.get(kind).name_table(cfg), shapes)
 

@@ -13,7 +13,8 @@ where `<vision name>` is what `hf_vision` uses and `<LM name>` is relative to th
 
 What transformers cannot express (the encoder's 2D-RoPE settings, a NaFlex patch budget) is kept
 under the `vlm_spatial` key of `config.json`: transformers ignores it and runs the plain model,
-this codebase restores the exact config. A tensor the plain model has and ours lacks (the learned
+this codebase restores the exact config. A connector LLaVA lacks (pool2d, c_abstractor, resampler,
+linear) is kept there too, and the model_type is then `NOT_LLAVA`, which transformers refuses. A tensor the plain model has and ours lacks (the learned
 position table of a RoPE-only encoder) is written as zeros and skipped on the way back.
 """
 from __future__ import annotations
@@ -33,8 +34,14 @@ EXTRA_KEY = "vlm_spatial"
 # still run (it ignores them: see `ignored`); kept under EXTRA_KEY. Other differences are refused.
 VISION_EXTRAS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "max_num_patches",
                  "image_size", "family", "pos_interpolation")
+# VLMConfig fields of the connector: a connector LlavaForConditionalGeneration does not have, and the
+# settings only such connectors read; kept under EXTRA_KEY too.
+PROJECTOR_EXTRAS = ("projector",) + tuple(f"projector_{k}" for k in connectors.SETTINGS)
 # Fields that say how a model runs, not what it is: never compared or exported.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
+# config.json's model_type when transformers cannot run the model (its connector): AutoModel refuses it
+# by name instead of loading LLaVA's projector in its place.
+NOT_LLAVA = "vlm_spatial"
 
 _RENAMES = (
     ("model.language_model.", LM + "model."),
@@ -57,9 +64,10 @@ def canonical_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- configs
 def config_from_hf(hf: dict) -> VLMConfig:
-    """`VLMConfig` from a LLaVA `config.json` dict (model_type 'llava'), with the settings kept
-    under its `vlm_spatial` key applied."""
-    if hf.get("model_type") != "llava":
+    """`VLMConfig` from a LLaVA `config.json` dict (model_type 'llava', or `NOT_LLAVA` as `to-hf`
+    writes a model with a connector transformers lacks), with the settings kept under its
+    `vlm_spatial` key applied."""
+    if hf.get("model_type") not in ("llava", NOT_LLAVA):
         raise ValueError(
             f"model_type {hf.get('model_type')!r} is not supported as a whole VLM; supported: 'llava' "
             "(for separate vision and LM directories use `python -m vlm_spatial.convert assemble`)"
@@ -71,10 +79,11 @@ def config_from_hf(hf: dict) -> VLMConfig:
     if act not in ACTIVATIONS:
         raise ValueError(f"projector_hidden_act={act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
     extra = dict(hf.get(EXTRA_KEY) or {})
-    vision_extra = extra.pop("vision", {})
-    unknown = sorted(set(extra) | (set(vision_extra) - set(VISION_EXTRAS)))
+    vision_extra, projector_extra = extra.pop("vision", {}), extra.pop("projector", {})
+    unknown = sorted(set(extra) | (set(vision_extra) - set(VISION_EXTRAS)) | (set(projector_extra) - set(PROJECTOR_EXTRAS)))
     if unknown:
-        raise ValueError(f"config.json[{EXTRA_KEY!r}] has unknown settings {unknown}; known: vision.{VISION_EXTRAS}")
+        raise ValueError(f"config.json[{EXTRA_KEY!r}] has unknown settings {unknown}; known: vision.{VISION_EXTRAS}, "
+                         f"projector.{PROJECTOR_EXTRAS}")
     text = hf["text_config"]
     # transformers 5 ties the LM head to the embeddings if the top-level flag or the text config says so
     tie = bool(hf.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
@@ -82,11 +91,11 @@ def config_from_hf(hf: dict) -> VLMConfig:
         vision=hf_vision.config_from_hf(hf["vision_config"], **vision_extra),
         decoder=hf_decoder.config_from_hf(text, tie_word_embeddings=tie),
         image_token_id=hf.get("image_token_id", hf.get("image_token_index", 32000)),
-        projector="mlp2x_gelu",
         projector_act=act,
         projector_bias=bool(hf.get("multimodal_projector_bias", True)),
         vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
         vision_feature_select=hf.get("vision_feature_select_strategy", "default"),
+        **{"projector": "mlp2x_gelu", **projector_extra},
     )
 
 
@@ -99,15 +108,19 @@ def _fields(cfg: VLMConfig) -> dict[str, object]:
     return flat
 
 
+def runnable(cfg: VLMConfig) -> bool:
+    """Whether `LlavaForConditionalGeneration` can run `cfg` (its connector is LLaVA's projector)."""
+    return connectors.get(cfg.projector).hf_llava
+
+
 def config_to_hf(cfg: VLMConfig) -> dict:
-    """The LLaVA `config.json` dict for `cfg`; `config_from_hf` inverts it exactly (runtime
-    fields aside). Settings transformers cannot express go under the `vlm_spatial` key if they
-    are `VISION_EXTRAS`; anything else is refused with a ValueError naming the fields."""
-    if not connectors.get(cfg.projector).hf_llava:
-        raise ValueError(f"projector {cfg.projector!r} has no transformers equivalent "
-                         "(LlavaForConditionalGeneration always uses linear_1-gelu-linear_2, 'mlp2x_gelu')")
+    """The LLaVA `config.json` dict for `cfg` (model_type `NOT_LLAVA` when not `runnable`);
+    `config_from_hf` inverts it exactly (runtime fields aside). Settings transformers cannot
+    express go under the `vlm_spatial` key if they are `VISION_EXTRAS` or `PROJECTOR_EXTRAS`;
+    anything else is refused with a ValueError naming the fields."""
     hf = dict(
-        model_type="llava", architectures=["LlavaForConditionalGeneration"],
+        model_type="llava" if runnable(cfg) else NOT_LLAVA,
+        architectures=["LlavaForConditionalGeneration"] if runnable(cfg) else [],
         vision_config=hf_vision.config_to_hf(cfg.vision), text_config=hf_decoder.config_to_hf(cfg.decoder),
         image_token_index=cfg.image_token_id, image_seq_length=cfg.num_image_tokens,
         projector_hidden_act=cfg.projector_act, multimodal_projector_bias=cfg.projector_bias,
@@ -117,17 +130,21 @@ def config_to_hf(cfg: VLMConfig) -> dict:
     )
     want, plain = _fields(cfg), _fields(config_from_hf(hf))
     lost = sorted(k for k in want if want[k] != plain[k])
-    refused = [f"{k}={want[k]!r}" for k in lost if not (k.startswith("vision.") and k[7:] in VISION_EXTRAS)]
+    vision = [k for k in lost if k.startswith("vision.") and k[7:] in VISION_EXTRAS]
+    projector = [k for k in lost if k in PROJECTOR_EXTRAS]
+    refused = [f"{k}={want[k]!r}" for k in lost if k not in vision + projector]
     if refused:
         raise ValueError(f"transformers' LLaVA config cannot express {', '.join(refused)}")
+    extra = {"vision": {k.removeprefix("vision."): want[k] for k in vision}, "projector": {k: want[k] for k in projector}}
     if lost:
-        hf[EXTRA_KEY] = {"vision": {k.removeprefix("vision."): want[k] for k in lost}}
+        hf[EXTRA_KEY] = {part: kept for part, kept in extra.items() if kept}
     return hf
 
 
 def ignored(cfg: VLMConfig) -> dict[str, object]:
-    """The settings of `cfg` that `config_to_hf` keeps under `config.json['vlm_spatial']['vision']`:
-    transformers ignores them (and runs the model without them); vlm_spatial restores them."""
+    """The encoder settings of `cfg` that `config_to_hf` keeps under
+    `config.json['vlm_spatial']['vision']`: transformers ignores them (and runs the model without
+    them); vlm_spatial restores them."""
     return config_to_hf(cfg).get(EXTRA_KEY, {}).get("vision", {})
 
 
@@ -141,7 +158,8 @@ def hf_entries(cfg: VLMConfig) -> list[namemap.Entry]:
     """The name map of `VLM(cfg)`: canonical LLaVA names <-> paths under 'vision', 'projector',
     'decoder'."""
     p = cfg.projector_config
-    projector = hf_decoder.projector_entries(p.kind, p.vision_dim, p.text_dim, p.use_bias)
+    projector = hf_decoder.projector_entries(p.kind, p.vision_dim, p.text_dim, p.use_bias,
+                                             **{s: getattr(p, s) for s in connectors.SETTINGS})
     return (
         namemap.under(hf_vision.hf_entries(cfg.vision), VISION, ("vision",))
         + namemap.under(projector, PROJECTOR, ("projector",))

@@ -47,11 +47,23 @@ def _ours_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
     return param_shapes(lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)))
 
 
+# A learned rotary layout's frequencies ('mixed') have no transformers counterpart: they are written
+# under this name (transformers reports it unused and runs the tower without it) and read back.
+ROPE_FREQS = ("layers/attn/rope_freqs", "vlm_spatial.layers.{i}.rope_freqs", "copy")
+
+
 def hf_entries(cfg: VisionConfig) -> list[namemap.Entry]:
     """The name map of `VisionEncoder(cfg)` as `namemap.Entry`s (HF names without prefix), from
-    its family's name table."""
-    rows = families.get(cfg.family).name_table(cfg)
-    return namemap.table_entries(rows, _ours_shapes(cfg), cfg.num_layers, (cfg.patch_size, cfg.num_channels))
+    its family's name table (and `ROPE_FREQS` when it has them)."""
+    shapes = _ours_shapes(cfg)
+    rows = families.get(cfg.family).name_table(cfg) + ([ROPE_FREQS] if ROPE_FREQS[0] in shapes else [])
+    return namemap.table_entries(rows, shapes, cfg.num_layers, (cfg.patch_size, cfg.num_channels))
+
+
+def extra_tensors(cfg: VisionConfig) -> list[str]:
+    """HF names (no prefix) of the tensors of `VisionEncoder(cfg)` that the transformers tower has
+    no place for (`ROPE_FREQS`, one per layer): transformers reports them unused."""
+    return [e.hf for e in hf_entries(cfg) if "/".join(e.path) == ROPE_FREQS[0]]
 
 
 def expected_hf_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:

@@ -125,6 +125,8 @@ def write(entries: Sequence[Entry], params: dict) -> Iterator[tuple[str, np.ndar
 #   conv       kernel `[p*p*C, D]` ((py, px, C) order) <- Conv2d weight `[D, C, p, p]`
 #   block:i/n  row block i of n of a fused HF tensor (several entries share it)
 #   squeeze:k  ours <- HF with k leading singleton axes
+#   conv1x1    kernel `[in, out]` <- 1x1 Conv2d weight `[out, in, 1, 1]`
+#   depthwise3x3  `[3, 3, C]` <- depthwise Conv2d weight `[C, 1, 3, 3]`
 def _layout(layout: str, shape: tuple[int, ...], patch: tuple[int, int] | None):
     """`(hf_shape, to_ours, to_hf)` for our parameter (or row) of `shape` stored in `layout`."""
     kind, _, arg = layout.partition(":")
@@ -148,6 +150,10 @@ def _layout(layout: str, shape: tuple[int, ...], patch: tuple[int, int] | None):
             return part.T if a.ndim == 2 else part
 
         return hf_shape, block_to_ours, lambda a: a.T if a.ndim == 2 else a
+    if kind == "conv1x1":
+        return (shape[1], shape[0], 1, 1), lambda a: a[:, :, 0, 0].T, lambda a: a.T[:, :, None, None]
+    if kind == "depthwise3x3":
+        return (shape[2], 1, shape[0], shape[1]), lambda a: a[:, 0].transpose(1, 2, 0), lambda a: a.transpose(2, 0, 1)[:, None]
     if kind == "squeeze":
         hf_shape = (1,) * int(arg) + tuple(shape)
         return hf_shape, lambda a: a.reshape(shape), lambda a: a.reshape(hf_shape)

@@ -122,10 +122,11 @@ def rotate_half(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Rotate `x [B, T, heads, head_dim]` by the table `(cos, sin)` of shape `[B, T, head_dim]`.
+    """Rotate `x [B, T, heads, head_dim]` by the table `(cos, sin)` of shape `[B, T, head_dim]`
+    (every head alike) or `[B, T, heads, head_dim]` (a table per head).
 
     Computed in float32 and cast back to `x.dtype`.
     """
     xf = x.astype(jnp.float32)
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    c, s = (cos, sin) if cos.ndim == x.ndim else (cos[:, :, None, :], sin[:, :, None, :])
     return (xf * c + rotate_half(xf) * s).astype(x.dtype)

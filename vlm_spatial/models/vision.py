@@ -219,15 +219,19 @@ class Attention(nnx.Module):
         self.k_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias and cfg.key_bias, rngs=rngs, **kw)
         self.v_proj = layers.linear(d, d, ("embed", "heads"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
         self.out_proj = layers.linear(d, d, ("heads", "embed"), use_bias=cfg.qkv_bias, rngs=rngs, **kw)
+        self.rope_layout = cfg.rope2d_layout
+        self.rope_freqs = positions.rope2d_layout(cfg.rope2d_layout).param(cfg, rngs) if cfg.rope2d else None
 
     def __call__(self, x, *, mask=None, rope_table=None, use_rope=None):
-        """x `[B, N, D]`; mask bool broadcastable to `[B, H, N, N]`; rope_table `(cos, sin)` each
-        `[B or 1, N, head_dim]` or None; use_rope a bool scalar (this layer rotates). -> `[B, N, D]`."""
+        """x `[B, N, D]`; mask bool broadcastable to `[B, H, N, N]`; rope_table the encoder's rotary
+        table (`RopeLayout.table`, with prefix) or None; use_rope a bool scalar (this layer
+        rotates). -> `[B, N, D]`."""
         b, n, d = x.shape
         split = lambda t: t.reshape(b, n, self.num_heads, d // self.num_heads)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         if rope_table is not None:
-            cos, sin = rope_table
+            freqs = None if self.rope_freqs is None else self.rope_freqs[...]
+            cos, sin = positions.rope2d_layout(self.rope_layout).rotation(rope_table, freqs)
             q = jnp.where(use_rope, rope.apply_rope(q, cos, sin), q)
             k = jnp.where(use_rope, rope.apply_rope(k, cos, sin), k)
         out = layers.attention(q, k, v, mask=mask)
@@ -349,7 +353,8 @@ class VisionEncoder(nnx.Module):
     Parameters (pure-dict paths): `patch_embedding` (Linear `[p*p*C, D]`), `class_embedding [D]`,
     `position_embedding [num_positions, D]`, `register_tokens [R, D]`, `mask_token [D]`,
     `patch_norm`, `pre_norm`, `layers` (stacked on a leading 'layers' axis: norm1,
-    attn.{q,k,v,out}_proj, norm2, mlp.*, layer_scale{1,2}), `post_norm`, `head`.
+    attn.{q,k,v,out}_proj, attn.rope_freqs (a learned rotary layout's), norm2, mlp.*,
+    layer_scale{1,2}), `post_norm`, `head`.
     """
 
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
@@ -442,9 +447,9 @@ class VisionEncoder(nnx.Module):
 
         rope_table = None
         if cfg.rope2d:
-            rope_table = positions.rope2d_layout(cfg.rope2d_layout).table(rows, cols, spatial_shapes, cfg.head_dim,
-                                                                           cfg.rope2d_theta)
-            rope_table = rope.with_identity_prefix(*rope_table, cfg.num_prefix_tokens)
+            layout = positions.rope2d_layout(cfg.rope2d_layout)
+            rope_table = layout.table(rows, cols, spatial_shapes, cfg.head_dim, cfg.rope2d_theta)
+            rope_table = layout.with_prefix(rope_table, cfg.num_prefix_tokens)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
 
         def body(h, layer, use_rope):

@@ -41,6 +41,10 @@ class VLMConfig:
     projector: str = "mlp2x_gelu"
     projector_act: str = "gelu"  # HF `projector_hidden_act` (the MLP connector's activation)
     projector_bias: bool = True  # HF `multimodal_projector_bias`
+    projector_pool: int = 2  # the connector settings (`connectors.SETTINGS`; each read by some connectors)
+    projector_grid: int = 12
+    projector_num_queries: int = 64
+    projector_depth: int = 3
     vision_feature_layer: int | tuple[int, ...] = -2  # several: their features are concatenated
     vision_feature_select: str = "default"
 
@@ -56,7 +60,7 @@ class VLMConfig:
         if bad or not self.feature_layers:
             raise ValueError(f"vision_feature_layer={self.vision_feature_layer!r}: the encoder has hidden states "
                              f"0..{n} (or -{n + 1}..-1)")
-        self.projector_config  # noqa: B018 - built once here to validate the connector's kind and activation
+        self.image_token_layout  # noqa: B018 - built once here to validate the connector and its features
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -83,12 +87,21 @@ class VLMConfig:
         """The connector's config: features of the encoder's width to the decoder's."""
         return ProjectorConfig(kind=self.projector, vision_dim=self.vision.hidden_size * len(self.feature_layers),
                                text_dim=self.decoder.hidden_size, act=self.projector_act, use_bias=self.projector_bias,
-                               dtype=self.decoder.dtype, param_dtype=self.decoder.param_dtype)
+                               features=self.feature_layout, dtype=self.decoder.dtype,
+                               param_dtype=self.decoder.param_dtype,
+                               **{s: getattr(self, f"projector_{s}") for s in connectors.SETTINGS})
+
+    @property
+    def image_token_layout(self) -> FeatureLayout:
+        """The image tokens per image as the connector emits them: prefix tokens without a grid
+        place, then the rest, row-major on `grid` (rows, cols) when the connector keeps one."""
+        return connectors.get(self.projector).output_layout(self.projector_config)
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per image, as the connector emits them."""
-        return connectors.get(self.projector).num_tokens(self.feature_layout)
+        """Image tokens per image (what each `<image>` marker expands to)."""
+        layout = self.image_token_layout
+        return layout.num_prefix + layout.num_patches
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; inverse of `from_dict`."""

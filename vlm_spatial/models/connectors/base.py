@@ -3,8 +3,9 @@
 A connector is an `nnx.Module` class registered under the name `VLMConfig.projector` selects. It
 is built from a `ProjectorConfig` and maps features `[B, N, Dv]` (the kept prefix tokens, then
 the patch tokens in row-major grid order; `FeatureLayout` says how many of each and the grid) to
-`[B, M, D]`. It owns `M`, the number of image tokens a prompt reserves per image: `num_tokens`;
-nothing outside computes it. Its `name_table` maps its parameters to Hugging Face
+`[B, M, D]`. It owns `M` and the layout of its output (`output_layout`: prefix tokens, grid kept
+or not), from which `VLMConfig.image_token_layout` - the one function the data pipeline's image
+slot count comes from - is built; nothing outside computes it. Its `name_table` maps its parameters to Hugging Face
 `multi_modal_projector.*` names (rows as in `families.base`), and `hf_llava` says whether
 `LlavaForConditionalGeneration` can run it.
 """
@@ -33,13 +34,22 @@ class FeatureLayout(NamedTuple):
 class ProjectorConfig:
     """kind: a registered connector; vision_dim Dv (features, several layers concatenated),
     text_dim D; act: HF activation name (LLaVA's `projector_hidden_act`); use_bias: HF
-    `multimodal_projector_bias`; dtype compute, param_dtype storage (dtype names)."""
+    `multimodal_projector_bias`; the settings only some connectors read (`Connector.reads`):
+    pool (pool2d's k), grid (c_abstractor's output side), num_queries (resampler), depth
+    (c_abstractor's ResNet blocks per stage, resampler's cross-attention blocks); features: the
+    `FeatureLayout` it receives (None when only its parameter shapes are wanted); dtype compute,
+    param_dtype storage (dtype names)."""
 
     kind: str = "mlp2x_gelu"
     vision_dim: int = 1024
     text_dim: int = 4096
     act: str = "gelu"
     use_bias: bool = True
+    pool: int = 2
+    grid: int = 12
+    num_queries: int = 64
+    depth: int = 3
+    features: FeatureLayout | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -47,19 +57,15 @@ class ProjectorConfig:
         if self.kind not in CONNECTORS:
             raise ValueError(f"ProjectorConfig.kind={self.kind!r}; registered connectors: {tuple(CONNECTORS)}")
         layers.activation(self.act)
+        for name in SETTINGS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProjectorConfig.{name}={getattr(self, name)} must be >= 1")
 
     def replace(self, **changes) -> "ProjectorConfig":
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProjectorConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"ProjectorConfig.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**d)
+SETTINGS = ("pool", "grid", "num_queries", "depth")  # the ProjectorConfig fields a connector may read
 
 
 class Connector(nnx.Module):
@@ -67,10 +73,14 @@ class Connector(nnx.Module):
 
     name: ClassVar[str]
     hf_llava: ClassVar[bool] = False  # LlavaForConditionalGeneration's projector is this connector
+    reads: ClassVar[tuple[str, ...]] = ()  # the SETTINGS it reads
 
     @classmethod
-    def num_tokens(cls, layout: FeatureLayout) -> int:
-        """Image tokens emitted per image for encoder features laid out as `layout`."""
+    def output_layout(cls, cfg: ProjectorConfig) -> FeatureLayout:
+        """The image tokens it emits per image for `cfg.features`: `num_prefix` tokens without a
+        grid place, then `num_patches` tokens, laid out row-major on `grid` (rows, cols) when it
+        keeps one (None: no 2D layout, e.g. the resampler's queries). ValueError when it cannot
+        take those features (a grid connector without a grid)."""
         raise NotImplementedError
 
     @classmethod

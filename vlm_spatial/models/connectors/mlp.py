@@ -22,8 +22,8 @@ class _PerToken(Connector):
     """A connector mapping each feature token on its own (the token count is unchanged)."""
 
     @classmethod
-    def num_tokens(cls, layout):
-        return layout.num_prefix + layout.num_patches
+    def output_layout(cls, cfg):
+        return cfg.features
 
     @classmethod
     def _linear_rows(cls, cfg, names):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import jax
 
+from vlm_spatial.models import rope
+
 if TYPE_CHECKING:
     from flax import nnx
 
@@ -35,15 +37,33 @@ class AbsoluteScheme:
 
 
 class RopeLayout:
-    """How a 2D rotary embedding reads a patch's grid position."""
+    """How a 2D rotary embedding reads a patch's grid position.
+
+    The encoder computes `table(...)` once per forward and hands it to every layer; a layer turns
+    it into the `(cos, sin)` it applies with `rotation(table, param)`, where `param` is the
+    layer's own parameter from `param` (`layers/attn/rope_freqs`; None for a fixed layout, whose
+    table is the `(cos, sin)` already)."""
 
     name: ClassVar[str]
 
+    def param(self, cfg: "VisionConfig", rngs: "nnx.Rngs") -> "nnx.Param | None":
+        """The per-layer parameter each attention layer holds as `rope_freqs`, or None."""
+        return None
+
     def table(self, rows: jax.Array, cols: jax.Array, spatial_shapes: jax.Array, head_dim: int,
-              theta: float) -> tuple[jax.Array, jax.Array]:
-        """`(cos, sin)`, each `[B, P, head_dim]`, for patches at integer `rows`, `cols` `[B or 1, P]`
-        of images whose patch grids are `spatial_shapes [B, 2]`."""
+              theta: float):
+        """For patches at integer `rows`, `cols` `[B or 1, P]` of images whose patch grids are
+        `spatial_shapes [B, 2]`: a fixed layout's `(cos, sin)`, each `[B, P, head_dim]`; a learned
+        one's input to `rotation`."""
         raise NotImplementedError
+
+    def with_prefix(self, table, num_prefix: int):
+        """`table` with `num_prefix` leading tokens (CLS, registers) that rotate by nothing."""
+        return rope.with_identity_prefix(*table, num_prefix)
+
+    def rotation(self, table, param: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """The `(cos, sin)` a layer applies (`rope.apply_rope`), from `table` and its `param`."""
+        return table
 
 
 ABSOLUTE: dict[str, AbsoluteScheme] = {}
