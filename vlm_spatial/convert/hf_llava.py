@@ -34,7 +34,7 @@ EXTRA_KEY = "vlm_spatial"
 VISION_EXTRAS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "max_num_patches",
                  "image_size", "family", "pos_interpolation")
 # Fields that say how a model runs, not what it is: never compared or exported.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "layer_unroll")
 
 _RENAMES = (
     ("model.language_model.", LM + "model."),
