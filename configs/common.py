@@ -39,6 +39,7 @@ refused):
                            c_abstractor's output side, resampler's queries, blocks (c_abstractor, resampler)
   model.dtype / param_dtype    compute dtype (bf16) / master weights (fp32); the loss is fp32
   model.remat_policy       'none' | 'dots' | 'full' (activation recomputation in both towers)
+  model.layer_unroll       layers per iteration of the layer scans (0 = the backend's measured default)
   data.kind                'llava' (LLaVA JSON + image folders, per stage below) | 'synthetic'
   data.synthetic.*         the synthetic set (question families, sizes): generated into `dir`
                            (default WORKDIR/synthetic) if absent
@@ -129,6 +130,7 @@ def paper(variant: str, vision: str, rope2d: bool) -> ml_collections.ConfigDict:
         dtype="bfloat16",
         param_dtype="float32",
         remat_policy="full",
+        layer_unroll=0,
     )
     c.data = dict(
         kind="llava",

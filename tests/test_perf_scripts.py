@@ -1,9 +1,12 @@
-"""perf/ scripts run against the current training API; launch/ scripts parse and build the right
+"""perf/ scripts run against the current training API and compare on equal terms (the harness'
+pinning, XLA flags and equality checks; never a timing); launch/ scripts parse and build the right
 command (stub `python`, `srun`, `scontrol`, `gcloud` on PATH record what they are given)."""
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ LAUNCHERS = sorted((REPO / "launch").glob("*.sh"))
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "perf" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -33,6 +37,82 @@ def test_compile_7b_state_is_sharded_over_the_mesh():
     assert out["total"] > out["arguments"]
 
 
+PIN_CHILD = """
+import json, os, sys, threading
+sys.path.insert(0, {perf!r})
+import equal_terms
+pinning = equal_terms.pin(1, [{cpu}])
+import jax, jax.numpy as jnp, torch
+torch.ones(256, 256) @ torch.ones(256, 256)
+jnp.ones((256, 256)) @ jnp.ones((256, 256))
+late = threading.Thread(target=lambda: None); late.start(); late.join()
+print(json.dumps({{"affinities": sorted({{tuple(sorted(c)) for c in equal_terms.thread_affinities().values()}}),
+                  "torch_threads": torch.get_num_threads(), "flags": os.environ["XLA_FLAGS"],
+                  "applied": pinning.xla_flags_applied, "devices": jax.device_count()}}))
+"""
+
+
+def test_pin_binds_every_thread_of_both_libraries_and_xla_parses_the_flags():
+    """In a fresh process: after `pin(1, [cpu])` and work on both sides, every thread (jax's and
+    torch's pools, later threads) may run on that one CPU only, torch has one intra-op thread, and
+    XLA started with the harness' flags (it aborts on a `--` flag it does not know), keeping the
+    flags that were there before (the 8 fake devices)."""
+    cpu = max(os.sched_getaffinity(0))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run([sys.executable, "-c", PIN_CHILD.format(perf=str(REPO / "perf"), cpu=cpu)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["affinities"] == [[cpu]] and out["torch_threads"] == 1 and out["applied"]
+    assert out["devices"] == 8 and "--xla_cpu_multi_thread_eigen=false" in out["flags"].split()
+    assert all(tok.startswith("--") for tok in out["flags"].split())
+    bad = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True,
+                         env={**os.environ, "XLA_FLAGS": "--intra_op_parallelism_threads=1"}, timeout=300)
+    assert bad.returncode != 0 and "Unknown flag" in bad.stderr  # what XLA does with a flag it does not parse
+
+
+def test_xla_flags_merge_replaces_only_the_same_flag():
+    equal_terms = load_script("equal_terms")
+    assert equal_terms.xla_flags(1) == ["--xla_cpu_multi_thread_eigen=false"]
+    assert equal_terms.xla_flags(2) == ["--xla_cpu_multi_thread_eigen=true"]
+    merged = equal_terms.merged_xla_flags("--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=true",
+                                          equal_terms.xla_flags(1))
+    assert merged == "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false"
+    with pytest.raises(ValueError):
+        equal_terms.xla_flags(0)
+
+
+def test_ratio_only_for_identical_work():
+    """A ratio is printed only when every check holds: a loss that differs in the 5th decimal, one
+    changed greedy token, or no check at all refuses (naming what differed); equal work reports
+    wall and CPU rates and both ratios from the medians."""
+    et = load_script("equal_terms")
+    timings = {"ours": et.Timing(wall=[1.0, 3.0, 2.0], cpu=[1.0, 1.0, 1.0]),
+               "torch": et.Timing(wall=[4.0, 4.0, 9.0], cpu=[2.0, 3.0, 3.0])}
+    tokens = np.arange(12).reshape(3, 4)
+    ok = [et.same_losses([7.123451, 6.9], [7.123453, 6.9]), et.same_tokens(tokens, tokens.copy())]
+    lines = et.ratio_lines(timings, 8, "samples", ok)
+    assert lines[-1].startswith("ratio    ours / torch: wall 2.00x, cpu 3.00x")
+    assert any("cpu       8.00 samples/cpu-s" in line for line in lines)
+    changed = tokens.copy()
+    changed[2, 3] += 1
+    for bad, what in [([et.same_losses([7.12345], [7.12347])], "losses equal to 5 decimals"),
+                      ([et.same_tokens(tokens, changed)], "greedy tokens identical"),
+                      ([et.same_tokens(tokens, tokens[:2])], "greedy tokens identical"),
+                      ([], "no equality check")]:
+        with pytest.raises(et.UnequalWork, match=what):
+            et.ratio_lines(timings, 8, "samples", ok[:1] + bad if bad else bad)
+    assert "91.67% of 12 equal" in et.same_tokens(tokens, changed).detail
+
+
+def test_alternate_switches_which_side_goes_first():
+    et = load_script("equal_terms")
+    calls = []
+    timings = et.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(t.wall) == len(t.cpu) == 3 for t in timings.values())
+
+
 @pytest.mark.slow
 def test_train_throughput_matches_transformers_losses():
     """Same weights and batch: the first two training losses (before and after one AdamW update)
@@ -40,7 +120,7 @@ def test_train_throughput_matches_transformers_losses():
     out = load_script("train_throughput").main(
         ["--batch", "2", "--seq_len", "80", "--steps", "1", "--rounds", "1", "--warmup", "2"])
     np.testing.assert_allclose(out["losses"]["ours"], out["losses"]["torch"], rtol=2e-5)
-    assert all(v > 0 for v in out["samples_per_s"].values())
+    assert out["lines"][-1].startswith("ratio    ours / torch: wall ")
 
 
 @pytest.mark.parametrize("script", LAUNCHERS, ids=lambda p: p.name)

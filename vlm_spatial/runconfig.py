@@ -46,8 +46,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 # VisionConfig / DecoderConfig fields the run sets from its own model.<field> (never through *_overrides)
 VISION_KNOBS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "keep_abs_pos_emb", "image_size", "dtype",
-                "param_dtype", "remat_policy")
-DECODER_KNOBS = ("dtype", "param_dtype", "remat_policy")
+                "param_dtype", "remat_policy", "layer_unroll")
+DECODER_KNOBS = ("dtype", "param_dtype", "remat_policy", "layer_unroll")
 DECODER_FROM_TOKENIZER = ("vocab_size",)  # set from the tokenizer the data is encoded with
 
 ASSEMBLE = ("a checkpoint written by `python -m vlm_spatial.convert assemble --vision <HF encoder dir> "
@@ -224,6 +224,7 @@ class ModelConfig:
     dtype: str = _field(choices=lambda: DTYPES)
     param_dtype: str = _field(choices=lambda: PARAM_DTYPES)
     remat_policy: str = _field(choices=lambda: tuple(layers.REMAT_POLICIES))
+    layer_unroll: int = _field(lo=0)  # layers per scan iteration in both towers; 0 = the backend's default
 
     def __post_init__(self):
         for name in ("vision_overrides", "decoder_overrides"):

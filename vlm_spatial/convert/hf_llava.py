@@ -38,7 +38,7 @@ VISION_EXTRAS = ("rope2d", "rope2d_layout", "rope2d_theta", "rope2d_layers", "ke
 # settings only such connectors read; kept under EXTRA_KEY too.
 PROJECTOR_EXTRAS = ("projector",) + tuple(f"projector_{k}" for k in connectors.SETTINGS)
 # Fields that say how a model runs, not what it is: never compared or exported.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "layer_unroll")
 # config.json's model_type when transformers cannot run the model (its connector): AutoModel refuses it
 # by name instead of loading LLaVA's projector in its place.
 NOT_LLAVA = "vlm_spatial"

@@ -34,6 +34,8 @@ from vlm_spatial.models import rope
 from vlm_spatial.models.positions import rope1d
 
 FAMILIES = ("llama", "qwen2")
+# Cache slots per block of the decode attention: a step reads ceil(filled / block) blocks.
+DECODE_KEY_BLOCK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,8 @@ class DecoderConfig:
     `rope_scaling` is None (plain RoPE) or a sorted tuple of `(key, value)` items of a Hugging Face
     `rope_parameters` dict without `rope_theta`, e.g. `(('factor', 8.0), ..., ('rope_type', 'llama3'))`.
     `dtype` is the compute dtype, `param_dtype` the storage dtype (names such as 'float32', 'bfloat16').
-    `remat_policy` is a key of `layers.REMAT_POLICIES` ('none' | 'full' | 'dots').
+    `remat_policy` is a key of `layers.REMAT_POLICIES` ('none' | 'full' | 'dots'); `layer_unroll`
+    layers run per iteration of the layer scan (0 = the backend's default, `layers.resolve_unroll`).
     """
 
     family: str = "llama"
@@ -66,6 +69,7 @@ class DecoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    layer_unroll: int = 0
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -283,11 +287,9 @@ class Decoder(nnx.Module):
     def logits(self, h: jax.Array) -> jax.Array:
         """Final projection `h [B,T,D]` (after the final norm) -> float32 logits `[B,T,V]`."""
         dt = self.cfg.compute_dtype
-        if self.cfg.tie_word_embeddings:
-            w = self.embed_tokens.embedding[...].astype(dt)
-            return jnp.einsum("btd,vd->btv", h.astype(dt), w, preferred_element_type=jnp.float32)
-        w = self.lm_head.kernel[...].astype(dt)
-        return jnp.einsum("btd,dv->btv", h.astype(dt), w, preferred_element_type=jnp.float32)
+        tied = self.cfg.tie_word_embeddings
+        w = (self.embed_tokens.embedding if tied else self.lm_head.kernel)[...].astype(dt)
+        return L.matmul_2d(h.astype(dt), w, transpose_w=tied, preferred_element_type=jnp.float32)
 
     def __call__(
         self,
@@ -320,27 +322,25 @@ class Decoder(nnx.Module):
 
         if cache is None:  # causal over real keys (+ self): the fused kernel's form on GPU
             key_valid = real
-            masking = dict(is_causal=True, key_mask=real)
-        else:  # [B, 1, T, S]: real key not in the future, or the query's own slot
-            q_pos = cache.index + jnp.arange(t)
-            k_pos = jnp.arange(cache.max_len)
+        else:  # real keys of filled slots not in the future (+ the query's own slot)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, cache.index))
-            allowed = (k_pos[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
-            allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
-            masking = dict(mask=allowed[:, None])
 
         def attend(layer: DecoderLayer, h, kv):
-            """Pre-norm attention sublayer; kv = None or (k_all, v_all, layer_idx)."""
+            """Pre-norm attention sublayer; kv = None or (k_all, v_all, layer_idx): the new k/v
+            are written into the stacked cache in place (token-sized update of the carry) and
+            attention reads the filled blocks of layer i straight from it."""
             q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), cos, sin)
-            if kv is not None:
+            if kv is None:
+                o = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True, key_mask=real)
+            else:
                 k_all, v_all, i = kv
                 zero = jnp.zeros((), jnp.int32)
                 start = (i, zero, cache.index, zero, zero)
                 k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
                 v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-                k, v = k_all[i], v_all[i]
+                o = L.cached_attention(q, k_all, v_all, i, key_mask=key_valid, q_offset=cache.index,
+                                       key_block=DECODE_KEY_BLOCK)
                 kv = (k_all, v_all)
-            o = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), **masking)
             return h + layer.self_attn.out(o), kv
 
         def body(carry, layer: DecoderLayer, i):
@@ -352,7 +352,7 @@ class Decoder(nnx.Module):
         kv0 = None if cache is None else (cache.k, cache.v)
         (h, kv), hs = L.scan_layers(
             body, (x, kv0), self.layers, jnp.arange(cfg.num_layers, dtype=jnp.int32),
-            remat_policy=cfg.remat_policy,
+            remat_policy=cfg.remat_policy, unroll=L.resolve_unroll(cfg.layer_unroll, cfg.num_layers),
         )
         h = self.norm(h)
         logits = self.logits(h) if output_logits else None

@@ -84,6 +84,7 @@ class VisionConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"  # a key of layers.REMAT_POLICIES
+    layer_unroll: int = 0  # layers per scan iteration; 0 = the backend's default (layers.resolve_unroll)
 
     def __post_init__(self):
         if self.rope2d_layers is not None and not isinstance(self.rope2d_layers, tuple):
@@ -458,7 +459,8 @@ class VisionEncoder(nnx.Module):
             return h, h
 
         final, ys = layers.scan_layers(
-            body, x, self.layers, jnp.asarray(cfg.rope_layer_mask()), cfg.remat_policy
+            body, x, self.layers, jnp.asarray(cfg.rope_layer_mask()), cfg.remat_policy,
+            layers.resolve_unroll(cfg.layer_unroll, cfg.num_layers),
         )
         hidden_states = jnp.concatenate([x[None], ys], axis=0)
 
