@@ -3,7 +3,7 @@
     python -m vlm_spatial.evaluate --checkpoint CKPT --benchmarks mmvp,cvbench,gqa \\
         --data_root DIR --out DIR [--variant aimv2_2drope] [--batch_size 8] [--limit N]
         [--max_new_tokens N] [--mcq generate|likelihood] [--dtype bfloat16] [--mesh data,fsdp,tensor]
-        [--rules vlmevalkit-2025.09]
+        [--rules vlmevalkit-2025.09] [--consistency]
     python -m vlm_spatial.evaluate score --benchmark gqa --predictions FILE --data_root DIR \\
         [--out DIR] [--variant NAME] [--allow_missing] [--rules NAME]
     python -m vlm_spatial.evaluate list
@@ -13,6 +13,11 @@ the same command after an interruption), ``<out>/<benchmark>/metrics.json``, ``<
 and ``<out>/report.md`` (this run beside the paper's numbers for the variant; by default the
 variant is read from the checkpoint's config: encoder family and 2D-RoPE). ``--mesh`` shards the
 model and the batches over all devices, e.g. ``1,-1,1`` (FSDP over every device).
+
+``--consistency`` (with the ``synthetic`` benchmark) also runs the spatial-consistency diagnostics
+(``vlm_spatial/evaluation/consistency.py``: the test scenes flipped left-right, top-bottom and
+transposed, answers compared with the geometrically implied ones, and the axis-confusion rates) into
+``<out>/synthetic/consistency/metrics.json``.
 
 ``--rules`` names the scoring rule set, i.e. the harness revision the numbers follow
 (``vlm_spatial/evaluation/rules.py``; default ``vlmevalkit-2025.09``, the revision that can have
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from vlm_spatial.evaluation.rules import DEFAULT_RULES, RULE_SETS
@@ -72,6 +78,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
                        help="multiple choice by generation (the paper's harness) or by option log-likelihood")
         p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
         p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (one may be -1); default one device")
+        p.add_argument("--consistency", action="store_true",
+                       help="synthetic benchmark: also the flip/transpose consistency diagnostics")
     return p
 
 
@@ -89,6 +97,9 @@ def main(argv=None) -> int:
         return 0
     args = _parser(cmd).parse_args(argv)
     names = [args.benchmark] if cmd == "score" else [b for b in args.benchmarks.split(",") if b]
+    if cmd == "run" and args.consistency and "synthetic" not in names:
+        print("error: --consistency diagnoses the synthetic benchmark; add synthetic to --benchmarks", file=sys.stderr)
+        return 2
     try:  # names first: a typo fails before any file or model is read
         runner.check_variant(args.variant)
         for name in names:
@@ -111,6 +122,13 @@ def main(argv=None) -> int:
                 variant=args.variant, batch_size=args.batch_size, limit=args.limit,
                 max_new_tokens=args.max_new_tokens, mesh=mesh, mcq=args.mcq, dtype=args.dtype,
                 rules=args.rules, **_options(args))
+            if args.consistency and "synthetic" in metrics:
+                from vlm_spatial.evaluation.consistency import evaluate_checkpoint_consistency
+
+                synth = get_benchmark("synthetic").find(args.data_root, ["info.json"]).parent
+                metrics["synthetic"]["consistency"] = evaluate_checkpoint_consistency(
+                    args.checkpoint, str(synth), os.path.join(args.out, "synthetic", "consistency"),
+                    batch_size=args.batch_size, dtype=args.dtype, mesh=mesh)
     except BenchmarkFileMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,9 +58,11 @@ FAMILIES = ("left_right", "above_below", "closer", "count", "relation_mc", "exis
 DEFAULT_FAMILIES = ("left_right", "above_below", "closer", "count", "relation_mc")
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_MARKER]
 MC_PROMPT = "Select from the following choices."
+MARGIN_FRACTION = 0.2  # spatial answers need centres this fraction of the canvas apart on the asked axis
 
 
-def _name(o: dict) -> str:
+def object_name(o: dict) -> str:
+    """How questions name an object: '<colour> <shape>'."""
     return f"{o['color']} {o['shape']}"
 
 
@@ -89,7 +91,7 @@ class _Gen:
     def __init__(self, image_size: int, rng: np.random.Generator):
         self.S = image_size
         self.r = max(2, int(round(image_size * 0.12)))
-        self.margin = 0.2 * image_size
+        self.margin = MARGIN_FRACTION * image_size
         self.rng = rng
         self.want: int | None = None  # forced answer slot for the primary question (balance)
         self._turn: dict[str, int] = {}
@@ -135,8 +137,8 @@ class _Gen:
             if got is None:
                 return None
             a, b, ans, _ = got
-            q = (f"Is the {_name(a)} to the left or right of the {_name(b)}?" if family == "left_right"
-                 else f"Is the {_name(a)} above or below the {_name(b)}?")
+            q = (f"Is the {object_name(a)} to the left or right of the {object_name(b)}?" if family == "left_right"
+                 else f"Is the {object_name(a)} above or below the {object_name(b)}?")
             return q, ans, None
         if family == "relation_mc":
             axis = "h" if rng.integers(2) else "v"
@@ -145,8 +147,8 @@ class _Gen:
                 return None
             a, b, ans, words = got
             choices = list(words) if (self._pick(4) // 2 == 0) else list(words[::-1])
-            q = (f"Considering the relative positions of the {_name(a)} and the {_name(b)} in the image, "
-                 f"where is the {_name(a)} located with respect to the {_name(b)}? {MC_PROMPT}\n"
+            q = (f"Considering the relative positions of the {object_name(a)} and the {object_name(b)} in the image, "
+                 f"where is the {object_name(a)} located with respect to the {object_name(b)}? {MC_PROMPT}\n"
                  f"(A) {choices[0]}\n(B) {choices[1]}")
             return q, "AB"[choices.index(ans)], choices
         if family == "closer":
@@ -163,7 +165,7 @@ class _Gen:
                 return None
             a, near, far = triples[int(rng.integers(len(triples)))]
             b, c = (near, far) if self._pick(2) == 0 else (far, near)
-            return f"Which is closer to the {_name(a)}, the {_name(b)} or the {_name(c)}?", near["color"], None
+            return f"Which is closer to the {object_name(a)}, the {object_name(b)} or the {object_name(c)}?", near["color"], None
         if family == "count":
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             n = sum(o["shape"] == shape for o in objs)
@@ -171,7 +173,7 @@ class _Gen:
         if family == "exists":
             if self._pick(2) == 0:
                 o = objs[int(rng.integers(len(objs)))]
-                return f"Is there a {_name(o)}?", "yes", None
+                return f"Is there a {object_name(o)}?", "yes", None
             present = {(o["color"], o["shape"]) for o in objs}
             absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
             c, s = absent[int(rng.integers(len(absent)))]
@@ -212,7 +214,7 @@ def caption(objs: Sequence[dict], image_size: int) -> str:
 
     parts = []
     for o in sorted(objs, key=lambda o: (o["x"], o["y"])):
-        parts.append(f"{_name(o)} {('top', 'middle', 'bottom')[third(o['y'])]} "
+        parts.append(f"{object_name(o)} {('top', 'middle', 'bottom')[third(o['y'])]} "
                      f"{('left', 'center', 'right')[third(o['x'])]}")
         parts[-1] += " ."
     return " ".join(parts)
